@@ -1,0 +1,187 @@
+//! Batch normalization over `[N, C, H, W]` maps with an optional learnable affine.
+//!
+//! The search supernet uses BatchNorm without affine (`affine = false`: gamma = 1 and
+//! beta = 0 fixed, no parameters), the evaluation network with affine. Training or
+//! inference mode follows the backend: batch statistics when autodiff is enabled,
+//! running statistics otherwise. The running variance is updated with the unbiased
+//! batch variance, as PyTorch does.
+
+use burn::config::Config;
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Configuration of [`BatchNorm2d`].
+#[derive(Config, Debug)]
+pub struct BatchNorm2dConfig {
+    /// Number of channels.
+    pub channels: usize,
+    /// Learnable gamma and beta (false in the search supernet).
+    #[config(default = true)]
+    pub affine: bool,
+    /// Added to the variance before the square root.
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+    /// Weight of the new batch statistics in the running averages.
+    #[config(default = 0.1)]
+    pub momentum: f64,
+}
+
+/// 2-D batch normalization (see the module documentation).
+#[derive(Module, Debug)]
+pub struct BatchNorm2d<B: Backend> {
+    /// Scale, when affine.
+    pub gamma: Option<Param<Tensor<B, 1>>>,
+    /// Shift, when affine.
+    pub beta: Option<Param<Tensor<B, 1>>>,
+    /// Running mean used in inference.
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    /// Running (unbiased) variance used in inference.
+    pub running_var: RunningState<Tensor<B, 1>>,
+    /// Added to the variance before the square root.
+    pub epsilon: f64,
+    /// Weight of the new batch statistics in the running averages.
+    pub momentum: f64,
+}
+
+impl BatchNorm2dConfig {
+    /// Builds the layer with gamma = 1, beta = 0, running mean 0 and variance 1.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> BatchNorm2d<B> {
+        let c = self.channels;
+        let (gamma, beta) = if self.affine {
+            (
+                Some(Param::from_tensor(Tensor::ones([c], device))),
+                Some(Param::from_tensor(Tensor::zeros([c], device))),
+            )
+        } else {
+            (None, None)
+        };
+        BatchNorm2d {
+            gamma,
+            beta,
+            running_mean: RunningState::new(Tensor::zeros([c], device)),
+            running_var: RunningState::new(Tensor::ones([c], device)),
+            epsilon: self.epsilon,
+            momentum: self.momentum,
+        }
+    }
+}
+
+impl<B: Backend> BatchNorm2d<B> {
+    /// Normalizes each channel.
+    ///
+    /// # Shapes
+    /// `[N, C, H, W] -> [N, C, H, W]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        if B::ad_enabled(&device) {
+            self.forward_train(x)
+        } else {
+            let mean = self.running_mean.value().to_device(&device);
+            let var = self.running_var.value().to_device(&device);
+            let (scale, shift) = self.scale_shift(mean, var);
+            x.mul(scale).add(shift)
+        }
+    }
+
+    /// Per-channel `scale` and `shift` such that inference BN is `x * scale + shift`,
+    /// both shaped `[1, C, 1, 1]`.
+    fn scale_shift(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [c] = mean.dims();
+        let inv_std = var.add_scalar(self.epsilon).sqrt().recip();
+        let scale = match &self.gamma {
+            Some(g) => g.val().mul(inv_std),
+            None => inv_std,
+        };
+        let shift = mean.neg().mul(scale.clone());
+        let shift = match &self.beta {
+            Some(b) => shift.add(b.val()),
+            None => shift,
+        };
+        (scale.reshape([1, c, 1, 1]), shift.reshape([1, c, 1, 1]))
+    }
+
+    /// Inference-mode `(scale, shift)` per channel, for folding into a convolution.
+    pub fn folded_affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let (scale, shift) = self.scale_shift(self.running_mean.value(), self.running_var.value());
+        let c = scale.dims()[1];
+        (scale.reshape([c]), shift.reshape([c]))
+    }
+
+    fn forward_train(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        let count = n * h * w;
+        let flat = x.clone().swap_dims(0, 1).reshape([c, count]);
+        let mean = flat.clone().mean_dim(1); // [c, 1]
+        let centered = flat.sub(mean.clone());
+        let var = centered.square().mean_dim(1); // biased, [c, 1]
+        let inv_std = var.clone().add_scalar(self.epsilon).sqrt().recip();
+        let mut y = x
+            .sub(mean.clone().reshape([1, c, 1, 1]))
+            .mul(inv_std.reshape([1, c, 1, 1]));
+        if let Some(g) = &self.gamma {
+            y = y.mul(g.val().reshape([1, c, 1, 1]));
+        }
+        if let Some(b) = &self.beta {
+            y = y.add(b.val().reshape([1, c, 1, 1]));
+        }
+
+        let device = mean.device();
+        let unbias = if count > 1 {
+            count as f64 / (count as f64 - 1.0)
+        } else {
+            1.0
+        };
+        let m = self.momentum;
+        let rm = self.running_mean.value_sync().to_device(&device);
+        let rv = self.running_var.value_sync().to_device(&device);
+        let new_mean = rm
+            .mul_scalar(1.0 - m)
+            .add(mean.detach().reshape([c]).mul_scalar(m));
+        let new_var = rv
+            .mul_scalar(1.0 - m)
+            .add(var.detach().reshape([c]).mul_scalar(m * unbias));
+        self.running_mean.update(new_mean.detach());
+        self.running_var.update(new_var.detach());
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::backend::Autodiff;
+    use burn::module::AutodiffModule;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn train_mode_normalizes_and_updates_running_stats() {
+        let device = Default::default();
+        let bn = BatchNorm2dConfig::new(1).init::<Autodiff<TestBackend>>(&device);
+        // Values 1..=4 in one channel: mean 2.5, biased var 1.25, unbiased 5/3.
+        let x = Tensor::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [1, 1, 2, 2]),
+            &device,
+        );
+        let y: Vec<f32> = bn.forward(x).into_data().to_vec().unwrap();
+        let s = (1.25f32 + 1e-5).sqrt();
+        for (v, raw) in y.iter().zip([1.0f32, 2.0, 3.0, 4.0]) {
+            assert!((v - (raw - 2.5) / s).abs() < 1e-5);
+        }
+        let valid = bn.valid();
+        let rm: Vec<f32> = valid.running_mean.value().into_data().to_vec().unwrap();
+        let rv: Vec<f32> = valid.running_var.value().into_data().to_vec().unwrap();
+        assert!((rm[0] - 0.25).abs() < 1e-6);
+        assert!((rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_affine_has_no_parameters() {
+        let bn = BatchNorm2dConfig::new(8)
+            .with_affine(false)
+            .init::<TestBackend>(&Default::default());
+        assert_eq!(crate::count_parameters(&bn), 0);
+        let bn = BatchNorm2dConfig::new(8).init::<TestBackend>(&Default::default());
+        assert_eq!(crate::count_parameters(&bn), 16);
+    }
+}

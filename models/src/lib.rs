@@ -1,0 +1,27 @@
+//! The DARTS search space: the 8 operations, genotypes (JSON and DARTS notation), cells,
+//! the evaluation network and the genotype zoo.
+//!
+//! ```no_run
+//! use splitnas_models::{Genotype, NetworkConfig};
+//! let genotype = Genotype::resolve("DARTS_V2").unwrap();
+//! let net = NetworkConfig::new(genotype).with_channels(16).with_layers(8)
+//!     .init::<burn::backend::Flex>(&Default::default()).unwrap();
+//! ```
+#![warn(missing_docs)]
+
+pub mod bn;
+pub mod cell;
+pub mod genotype;
+pub mod network;
+mod notation;
+pub mod ops;
+pub mod params;
+pub mod zoo;
+
+pub use genotype::{CellGenotype, CellPair, Genotype, GenotypeError, Primitive};
+pub use network::{Network, NetworkConfig, NetworkError};
+pub use params::count_parameters;
+
+/// CPU backend used by the unit tests.
+#[cfg(test)]
+pub(crate) type TestBackend = burn::backend::Flex;
