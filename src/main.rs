@@ -1,1 +1,281 @@
-fn main() {}
+//! The `splitnas` command line: flag parsing and calls into the library crates.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use splitnas_models::Genotype;
+use splitnas_search::bench::{bench_train, TrainBench};
+use splitnas_search::data::{self, DataOptions, DatasetKind};
+use splitnas_search::device::DeviceKind;
+use splitnas_search::train::{train, TrainOptions, TrainRecipe};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "splitnas",
+    version,
+    about = "Channel-split differentiable architecture search: search, train, export, run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the network of a genotype from scratch on a data set.
+    Train(TrainArgs),
+    /// Inspect genotypes.
+    #[command(subcommand)]
+    Genotype(GenotypeCmd),
+    /// Benchmarks (print a final `key=value` line).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum GenotypeCmd {
+    /// Print a genotype (zoo name, JSON file or DARTS-notation file).
+    Show {
+        /// DARTS_V1, DARTS_V2, PC_DARTS (case-insensitive) or a file.
+        genotype: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// List the zoo.
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Darts,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Training throughput of an evaluation network on synthetic data.
+    Train {
+        #[arg(long, default_value = "DARTS_V2")]
+        genotype: String,
+        #[arg(long, default_value_t = 16)]
+        channels: usize,
+        #[arg(long, default_value_t = 8)]
+        layers: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        #[arg(long, default_value_t = 3)]
+        in_channels: usize,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Zoo name (DARTS_V1, DARTS_V2, PC_DARTS) or a genotype file (JSON or DARTS notation).
+    #[arg(long)]
+    genotype: String,
+    /// fashion-mnist, mnist, cifar10, cifar100 or synthetic.
+    #[arg(long)]
+    dataset: String,
+    /// Directory with the data files (fashion-mnist default: /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Initial channels C.
+    #[arg(long, default_value_t = 36)]
+    channels: usize,
+    /// Number of cells L.
+    #[arg(long, default_value_t = 20)]
+    layers: usize,
+    #[arg(long, default_value_t = 600)]
+    epochs: usize,
+    #[arg(long, default_value_t = 96)]
+    batch_size: usize,
+    /// Initial learning rate, cosine-annealed to 0.
+    #[arg(long, default_value_t = 0.025)]
+    lr: f64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Auxiliary head after cell 2L/3, loss weight 0.4.
+    #[arg(long)]
+    auxiliary: bool,
+    /// Cutout square side in pixels (0 = off).
+    #[arg(long, default_value_t = 0)]
+    cutout: usize,
+    /// Final drop-path probability, ramped linearly from 0.
+    #[arg(long, default_value_t = 0.0)]
+    drop_path: f64,
+    /// CSC-DARTS identity connection in every cell.
+    #[arg(long)]
+    identity: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu (flex, default), ndarray, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out after its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+fn device(s: &str) -> Result<DeviceKind> {
+    s.parse().context("--device")
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let dataset: DatasetKind = a.dataset.parse().context("--dataset")?;
+    let opts = TrainOptions {
+        genotype: a.genotype,
+        dataset,
+        data: DataOptions {
+            dir: a.data_dir,
+            train_limit: a.train_limit,
+            test_limit: a.test_limit,
+            seed: a.seed,
+        },
+        channels: a.channels,
+        layers: a.layers,
+        auxiliary: a.auxiliary,
+        identity: a.identity,
+        recipe: TrainRecipe {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            grad_clip: 5.0,
+            auxiliary_weight: 0.4,
+            cutout: a.cutout,
+            drop_path: a.drop_path,
+            seed: a.seed,
+        },
+        out: a.out,
+        resume: a.resume,
+        progress: true,
+    };
+    let s = train(device(&a.device)?, &opts)?;
+    if let Some(m) = s.metrics.last() {
+        println!(
+            "final test_acc={:.4} test_loss={:.4} parameters={} out={}",
+            m.test_acc,
+            m.test_loss,
+            s.parameters,
+            s.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// No arguments: a short, real training run of DARTS_V2 on Fashion-MNIST.
+fn default_job() -> Result<()> {
+    let have_fmnist = std::path::Path::new(data::FASHION_MNIST_DIR)
+        .join("train-images-idx3-ubyte.gz")
+        .exists();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let out = PathBuf::from(format!("runs/default-{stamp}"));
+    let dataset = if have_fmnist {
+        "fashion-mnist"
+    } else {
+        eprintln!("{} not found (apt-get install dataset-fashion-mnist); using the synthetic data set instead", data::FASHION_MNIST_DIR);
+        "synthetic"
+    };
+    println!("splitnas with no arguments: training DARTS_V2 (C=8, L=5) for 3 epochs on the first 6000 {dataset} images into {}", out.display());
+    println!("see `splitnas --help` for every command");
+    run_train(TrainArgs {
+        genotype: "DARTS_V2".into(),
+        dataset: dataset.into(),
+        data_dir: None,
+        channels: 8,
+        layers: 5,
+        epochs: 3,
+        batch_size: 64,
+        lr: 0.025,
+        train_limit: Some(6000),
+        test_limit: Some(2000),
+        auxiliary: false,
+        cutout: 0,
+        drop_path: 0.0,
+        identity: false,
+        seed: 0,
+        device: "cpu".into(),
+        out,
+        resume: false,
+    })
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => default_job(),
+        Some(Command::Train(a)) => run_train(a),
+        Some(Command::Genotype(GenotypeCmd::Show { genotype, format })) => {
+            let g = Genotype::resolve(&genotype)?;
+            match format {
+                Format::Json => println!("{}", g.to_json()),
+                Format::Darts => println!("{}", g.to_darts()),
+            }
+            Ok(())
+        }
+        Some(Command::Genotype(GenotypeCmd::List)) => {
+            for name in splitnas_models::zoo::NAMES {
+                if let Some(g) = splitnas_models::zoo::by_name(name) {
+                    println!("{name} = {}", g.to_darts());
+                }
+            }
+            Ok(())
+        }
+        Some(Command::Bench(BenchCmd::Train {
+            genotype,
+            channels,
+            layers,
+            batch_size,
+            image_size,
+            in_channels,
+            steps,
+            seed,
+            device: d,
+        })) => {
+            let o = TrainBench {
+                genotype,
+                channels,
+                layers,
+                batch_size,
+                image_size,
+                in_channels,
+                steps,
+                seed,
+            };
+            let r = bench_train(device(&d)?, &o)?;
+            if r.step_s <= 0.0 {
+                bail!("benchmark measured no time");
+            }
+            println!("step_s={:.4} images_per_s={:.1}", r.step_s, r.images_per_s);
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,15 @@
-//! tmp
+//! Data sets, the training loop and (next) the channel-split supernet and bilevel search.
+//!
+//! ```no_run
+//! use splitnas_search::{data::{DataOptions, DatasetKind}, device::DeviceKind, train};
+//! # fn opts() -> train::TrainOptions { unimplemented!() }
+//! let summary = train::train(DeviceKind::Cpu, &opts()).unwrap();
+//! println!("{:?}", summary.metrics.last());
+//! ```
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod train;

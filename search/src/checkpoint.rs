@@ -1,0 +1,175 @@
+//! Atomic files and per-epoch checkpoints.
+//!
+//! A checkpoint is `checkpoint/epoch-NNNN-model.mpk` + `checkpoint/epoch-NNNN-optim.mpk`
+//! (Burn records, full precision) and `checkpoint.json` naming them. Each file is written
+//! under a temporary name and renamed; `checkpoint.json` is renamed last and older epoch
+//! files are deleted only after it, so a kill at any moment leaves a complete checkpoint.
+
+use crate::train::TrainError;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+/// `checkpoint.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointState<M> {
+    /// Last finished epoch (1-based count).
+    pub epoch: usize,
+    /// Model record, relative to the run directory.
+    pub model: String,
+    /// Optimizer record, relative to the run directory.
+    pub optim: String,
+    /// Per-epoch metrics so far.
+    pub metrics: Vec<M>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = tmp_name(path);
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Saves a Burn record atomically to `path` (which must end in `.mpk`).
+pub fn save_record<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let stem = path.with_extension("");
+    let tmp_stem = tmp_name(&stem).with_extension(""); // recorder adds `.mpk`
+    Rec::new()
+        .record(record, tmp_stem.clone())
+        .map_err(|e| TrainError::Corrupt {
+            path: path.to_path_buf(),
+            problem: format!("cannot write record: {e}"),
+        })?;
+    let written = tmp_stem.with_extension("mpk");
+    std::fs::rename(&written, path).map_err(io(path))
+}
+
+fn load_rec<B: Backend, R: burn::record::Record<B>>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<R, TrainError> {
+    if !path.exists() {
+        return Err(TrainError::Corrupt {
+            path: path.to_path_buf(),
+            problem: "file missing".into(),
+        });
+    }
+    Rec::new()
+        .load(path.to_path_buf(), device)
+        .map_err(|e| TrainError::Corrupt {
+            path: path.to_path_buf(),
+            problem: format!("cannot load record (corrupt, or written for another network): {e}"),
+        })
+}
+
+/// Loads module weights from a record file.
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M, TrainError> {
+    Ok(module.load_record(load_rec::<B, M::Record>(path, device)?))
+}
+
+/// Loads optimizer state from a record file.
+pub fn load_optimizer<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    optim: O,
+    path: &Path,
+    device: &B::Device,
+) -> Result<O, TrainError> {
+    Ok(optim.load_record(load_rec::<B, O::Record>(path, device)?))
+}
+
+/// Reads `DIR/checkpoint.json` if present.
+pub fn read_state<M: DeserializeOwned>(
+    dir: &Path,
+) -> Result<Option<CheckpointState<M>>, TrainError> {
+    let path = dir.join("checkpoint.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TrainError::Corrupt {
+                path,
+                problem: format!("not a splitnas checkpoint: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TrainError::Io { path, source }),
+    }
+}
+
+/// Writes the checkpoint of finished `epoch`, `model.mpk` and `metrics.jsonl`.
+pub fn save_epoch<
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+    T: Serialize + Clone,
+>(
+    dir: &Path,
+    epoch: usize,
+    model: &M,
+    optim: &O,
+    metrics: &[T],
+) -> Result<(), TrainError> {
+    let ck = dir.join("checkpoint");
+    std::fs::create_dir_all(&ck).map_err(io(&ck))?;
+    let model_rel = format!("checkpoint/epoch-{epoch:04}-model.mpk");
+    let optim_rel = format!("checkpoint/epoch-{epoch:04}-optim.mpk");
+    let record = model.clone().into_record();
+    save_record::<B, _>(record, &dir.join(&model_rel))?;
+    save_record::<B, _>(optim.to_record(), &dir.join(&optim_rel))?;
+    save_record::<B::InnerBackend, _>(model.valid().into_record(), &dir.join("model.mpk"))?;
+    let mut lines = String::new();
+    for m in metrics {
+        lines.push_str(&serde_json::to_string(m).unwrap_or_default());
+        lines.push('\n');
+    }
+    write_atomic(&dir.join("metrics.jsonl"), lines.as_bytes())?;
+    let state = CheckpointState {
+        epoch,
+        model: model_rel.clone(),
+        optim: optim_rel.clone(),
+        metrics: metrics.to_vec(),
+    };
+    write_atomic(
+        &dir.join("checkpoint.json"),
+        serde_json::to_string_pretty(&state)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    // Only now drop older checkpoints.
+    if let Ok(entries) = std::fs::read_dir(&ck) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = format!("checkpoint/{name}") == model_rel
+                || format!("checkpoint/{name}") == optim_rel;
+            if !keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,660 @@
+//! `splitnas train`: train the evaluation network of a genotype from scratch.
+//!
+//! Recipe (DARTS): SGD momentum 0.9, weight decay 3e-4, cosine learning rate from `lr` to 0
+//! over the epochs, global gradient-norm clip 5, auxiliary loss weight 0.4, drop path
+//! ramped linearly (`drop_path * epoch / epochs`), cross-entropy. The test set is
+//! evaluated after every epoch.
+//!
+//! Output directory: `config.json`, `model.mpk` (Burn record of the latest weights),
+//! `metrics.jsonl`, `checkpoint.json` + `checkpoint/` (weights and optimizer state of the
+//! last finished epoch). Every file is written to a temporary name and renamed, and
+//! `checkpoint.json` is renamed last, so a run killed at any point resumes from its last
+//! finished epoch with `--resume` and ends with the same metrics (CPU, same seed).
+
+use crate::checkpoint::{self, write_atomic};
+use crate::data::{
+    self, make_batch, Augment, DataError, DataOptions, Dataset, DatasetKind, ImageSet,
+};
+use crate::device::{DeviceError, DeviceKind};
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use splitnas_models::{Genotype, GenotypeError, Network, NetworkConfig, NetworkError};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything that can stop a training run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// Data set problem.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Genotype problem.
+    #[error("--genotype: {0}")]
+    Genotype(#[from] GenotypeError),
+    /// Network configuration problem.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// Device problem.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A flag with a value that cannot work.
+    #[error("{flag}: {problem}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// File system problem.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file with bad content.
+    #[error("{path}: {problem}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The output directory already holds a run.
+    #[error("{dir} already holds a training run (finished {epoch} of {epochs} epochs); pass --resume to continue it or choose another --out")]
+    Exists {
+        /// The directory.
+        dir: PathBuf,
+        /// Epochs done.
+        epoch: usize,
+        /// Epochs planned.
+        epochs: usize,
+    },
+    /// `--resume` without a checkpoint.
+    #[error("--resume: {0} has no checkpoint.json to resume from")]
+    NothingToResume(PathBuf),
+    /// Loss became NaN or infinite.
+    #[error("training loss became {value} at epoch {epoch}, batch {batch}; stopped. The last good checkpoint (epoch {last_good}) is kept in {dir}; lower --lr and resume or restart")]
+    NonFinite {
+        /// The bad value.
+        value: f32,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Batch within the epoch (1-based).
+        batch: usize,
+        /// Last finished epoch.
+        last_good: usize,
+        /// Output directory.
+        dir: PathBuf,
+    },
+}
+
+/// The training recipe, saved in `config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainRecipe {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Initial learning rate (cosine-annealed to 0).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    /// Auxiliary loss weight (used when the network has an auxiliary head).
+    pub auxiliary_weight: f64,
+    /// Cutout side (0 = off).
+    pub cutout: usize,
+    /// Final drop-path probability.
+    pub drop_path: f64,
+    /// Seed of weights, shuffling and augmentation.
+    pub seed: u64,
+}
+
+/// What `splitnas train` was asked to do.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Zoo name or file.
+    pub genotype: String,
+    /// Data set.
+    pub dataset: DatasetKind,
+    /// Data directory and limits.
+    pub data: DataOptions,
+    /// Initial channels C.
+    pub channels: usize,
+    /// Cells L.
+    pub layers: usize,
+    /// Auxiliary head.
+    pub auxiliary: bool,
+    /// CSC-DARTS identity connection.
+    pub identity: bool,
+    /// The recipe.
+    pub recipe: TrainRecipe,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Continue the run in `out`.
+    pub resume: bool,
+    /// Show a progress bar when stderr is a terminal.
+    pub progress: bool,
+}
+
+/// `config.json`: everything needed to rebuild and use the trained network.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The genotype (JSON, as `genotype show` prints it).
+    pub genotype: Genotype,
+    /// The genotype in DARTS notation, for people.
+    pub genotype_darts: String,
+    /// Network configuration.
+    pub network: NetworkConfig,
+    /// Per-channel mean of the training images (pixels in [0, 1]).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation.
+    pub std: Vec<f32>,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Data set name.
+    pub dataset: String,
+    /// Data directory used.
+    pub data_dir: Option<PathBuf>,
+    /// Training images used (first N).
+    pub train_limit: Option<usize>,
+    /// Test images used (first N).
+    pub test_limit: Option<usize>,
+    /// The recipe.
+    pub recipe: TrainRecipe,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    /// Epoch, 1-based.
+    pub epoch: usize,
+    /// Mean training loss (main head).
+    pub train_loss: f64,
+    /// Training accuracy (augmented images, drop path on).
+    pub train_acc: f64,
+    /// Mean test loss.
+    pub test_loss: f64,
+    /// Test accuracy.
+    pub test_acc: f64,
+    /// Learning rate used in this epoch.
+    pub lr: f64,
+    /// Wall time of the epoch (training + evaluation).
+    pub seconds: f64,
+}
+
+/// Result of a finished run.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// All epochs.
+    pub metrics: Vec<EpochMetrics>,
+    /// Parameters of the network (auxiliary head included when present).
+    pub parameters: usize,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+/// Cosine annealing from `lr` to 0 over `epochs` (PyTorch `CosineAnnealingLR`, eta_min 0).
+pub fn cosine_lr(lr: f64, epoch: usize, epochs: usize) -> f64 {
+    lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos())
+}
+
+/// Mean cross-entropy of `logits` against class indices.
+///
+/// # Shapes
+/// `logits: [N, K]`, `labels: [N]` -> `[1]`
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let n = labels.dims()[0];
+    log_softmax(logits, 1)
+        .gather(1, labels.reshape([n, 1]))
+        .mean()
+        .neg()
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`
+/// (PyTorch `clip_grad_norm_`). Returns the norm before clipping.
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    struct SumSq<'a, B: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        acc: Option<Tensor<B::InnerBackend, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for SumSq<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                let s = g.square().sum();
+                self.acc = Some(match self.acc.take() {
+                    Some(a) => a.add(s),
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut v = SumSq::<B> { grads, acc: None };
+    module.visit(&mut v);
+    let Some(acc) = v.acc else { return 0.0 };
+    let norm = (acc.into_data().iter::<f64>().next().unwrap_or(0.0)).sqrt();
+    if norm > max_norm && norm.is_finite() {
+        let mut s = Scale {
+            grads,
+            factor: max_norm / (norm + 1e-6),
+        };
+        module.visit(&mut s);
+    }
+    norm
+}
+
+fn batch_tensors<B: Backend>(
+    set: &ImageSet,
+    idx: &[usize],
+    cfg: &RunConfig,
+    aug: Option<&Augment>,
+    rng: &mut StdRng,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    let (x, y) = make_batch(set, idx, &cfg.mean, &cfg.std, aug, rng);
+    let (c, s) = (set.channels, set.side);
+    let n = idx.len();
+    (
+        Tensor::from_data(TensorData::new(x, [n, c, s, s]), device),
+        Tensor::from_data(TensorData::new(y, [n]), device),
+    )
+}
+
+fn argmax_correct(logits: &[f32], labels: &[usize], classes: usize) -> usize {
+    logits
+        .chunks_exact(classes)
+        .zip(labels)
+        .filter(|(row, &l)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+            best == l
+        })
+        .count()
+}
+
+/// Test loss and accuracy of `model` (inference mode) on `set`.
+pub fn evaluate<B: Backend>(
+    model: &Network<B>,
+    set: &ImageSet,
+    cfg: &RunConfig,
+    device: &B::Device,
+) -> (f64, f64) {
+    let mut rng = StdRng::seed_from_u64(0);
+    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    let indices: Vec<usize> = (0..set.len()).collect();
+    for idx in indices.chunks(256) {
+        let (x, y) = batch_tensors::<B>(set, idx, cfg, None, &mut rng, device);
+        let logits = model.forward(x);
+        let loss = cross_entropy(logits.clone(), y);
+        loss_sum += scalar(loss) as f64 * idx.len() as f64;
+        let l: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let labels: Vec<usize> = idx.iter().map(|&i| set.labels[i]).collect();
+        correct += argmax_correct(&l, &labels, cfg.network.classes);
+    }
+    let n = set.len().max(1) as f64;
+    (loss_sum / n, correct as f64 / n)
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
+    t.into_data().iter::<f32>().next().unwrap_or(f32::NAN)
+}
+
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(epoch as u64 + 1)
+}
+
+fn check_options(o: &TrainOptions) -> Result<(), TrainError> {
+    let r = &o.recipe;
+    let flag = |flag, problem: &str| {
+        Err(TrainError::Flag {
+            flag,
+            problem: problem.to_string(),
+        })
+    };
+    if r.epochs == 0 {
+        return flag("--epochs", "must be at least 1");
+    }
+    if r.batch_size == 0 {
+        return flag("--batch-size", "must be at least 1");
+    }
+    if !(r.lr.is_finite() && r.lr > 0.0) {
+        return flag("--lr", "must be a positive number");
+    }
+    if !(0.0..1.0).contains(&r.drop_path) {
+        return flag("--drop-path", "must be in [0, 1)");
+    }
+    if o.data.train_limit == Some(0) || o.data.test_limit == Some(0) {
+        return flag("--train-limit/--test-limit", "must be at least 1");
+    }
+    Ok(())
+}
+
+/// Builds `config.json` for a fresh run (loads the data to compute mean/std).
+fn fresh_config(o: &TrainOptions, data: &Dataset) -> Result<RunConfig, TrainError> {
+    let genotype = Genotype::resolve(&o.genotype)?;
+    let network = NetworkConfig::new(genotype.clone())
+        .with_channels(o.channels)
+        .with_layers(o.layers)
+        .with_classes(data.classes.len())
+        .with_in_channels(data.train.channels)
+        .with_image_size(data.train.side)
+        .with_auxiliary(o.auxiliary)
+        .with_identity(o.identity);
+    network.validate()?;
+    if o.recipe.cutout > data.train.side {
+        return Err(TrainError::Flag {
+            flag: "--cutout",
+            problem: format!(
+                "{} is larger than the {}-pixel images",
+                o.recipe.cutout, data.train.side
+            ),
+        });
+    }
+    let (mean, std) = data.train.mean_std();
+    Ok(RunConfig {
+        genotype_darts: genotype.to_darts(),
+        genotype,
+        network,
+        mean,
+        std,
+        classes: data.classes.clone(),
+        dataset: data.kind.name().to_string(),
+        data_dir: o.data.dir.clone(),
+        train_limit: o.data.train_limit,
+        test_limit: o.data.test_limit,
+        recipe: o.recipe.clone(),
+    })
+}
+
+/// Runs `splitnas train` on `device`.
+pub fn train(device: DeviceKind, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
+    check_options(opts)?;
+    crate::with_autodiff_backend!(device, train_on(opts))
+}
+
+/// Runs `splitnas train` on the autodiff backend `B`.
+pub fn train_on<B: AutodiffBackend>(
+    device: &B::Device,
+    opts: &TrainOptions,
+) -> Result<TrainSummary, TrainError> {
+    let out = &opts.out;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    let state = checkpoint::read_state(out)?;
+    let (cfg, dataset) = match (&state, opts.resume) {
+        (Some(s), false) => {
+            let epochs = read_config(out).map(|c| c.recipe.epochs).unwrap_or(0);
+            return Err(TrainError::Exists {
+                dir: out.clone(),
+                epoch: s.epoch,
+                epochs,
+            });
+        }
+        (None, true) => return Err(TrainError::NothingToResume(out.clone())),
+        (Some(_), true) => {
+            let cfg = read_config(out)?;
+            let kind: DatasetKind = cfg.dataset.parse()?;
+            let data = data::load(
+                kind,
+                &DataOptions {
+                    dir: cfg.data_dir.clone(),
+                    train_limit: cfg.train_limit,
+                    test_limit: cfg.test_limit,
+                    seed: cfg.recipe.seed,
+                },
+            )?;
+            (cfg, data)
+        }
+        (None, false) => {
+            let data = data::load(opts.dataset, &opts.data)?;
+            let cfg = fresh_config(opts, &data)?;
+            std::fs::create_dir_all(out).map_err(io(out))?;
+            let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+            write_atomic(&out.join("config.json"), text.as_bytes())?;
+            (cfg, data)
+        }
+    };
+    let r = cfg.recipe.clone();
+
+    B::seed(device, r.seed);
+    let mut model: Network<B> = cfg.network.init(device)?;
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: r.momentum,
+            dampening: 0.0,
+            nesterov: false,
+        }))
+        .with_weight_decay(Some(WeightDecayConfig::new(r.weight_decay as f32)))
+        .init::<B, Network<B>>();
+    let mut metrics = vec![];
+    let mut start_epoch = 0;
+    if let Some(s) = &state {
+        model = checkpoint::load_module(model, &out.join(&s.model), device)?;
+        optim = checkpoint::load_optimizer::<B, Network<B>, _>(optim, &out.join(&s.optim), device)?;
+        metrics = s.metrics.clone();
+        start_epoch = s.epoch;
+        println!(
+            "resuming {} after epoch {}/{} (settings from config.json)",
+            out.display(),
+            s.epoch,
+            r.epochs
+        );
+    }
+    let parameters = splitnas_models::count_parameters(&model);
+    println!(
+        "training {} on {} ({} train / {} test images, {}x{}x{}), {} parameters, {} epochs",
+        cfg.genotype_darts,
+        cfg.dataset,
+        dataset.train.len(),
+        dataset.test.len(),
+        dataset.train.channels,
+        dataset.train.side,
+        dataset.train.side,
+        parameters,
+        r.epochs
+    );
+
+    let augment = Augment::standard(dataset.kind, dataset.train.side, r.cutout);
+    let steps = dataset.train.len().div_ceil(r.batch_size);
+    let abort_after: Option<usize> = std::env::var("SPLITNAS_ABORT_AFTER_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for epoch in start_epoch..r.epochs {
+        let t0 = Instant::now();
+        let lr = cosine_lr(r.lr, epoch, r.epochs);
+        let drop_prob = r.drop_path * epoch as f64 / r.epochs as f64;
+        B::seed(device, epoch_seed(r.seed, epoch));
+        let mut rng = StdRng::seed_from_u64(epoch_seed(r.seed, epoch));
+        let mut order: Vec<usize> = (0..dataset.train.len()).collect();
+        order.shuffle(&mut rng);
+        let bar = progress_bar(
+            opts.progress,
+            steps as u64,
+            &format!("epoch {}/{}", epoch + 1, r.epochs),
+        );
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for (b, idx) in order.chunks(r.batch_size).enumerate() {
+            let (x, y) =
+                batch_tensors::<B>(&dataset.train, idx, &cfg, Some(&augment), &mut rng, device);
+            let (logits, aux) = model.forward_train(x, drop_prob);
+            let main = cross_entropy(logits.clone(), y.clone());
+            let loss = match aux {
+                Some(a) => main
+                    .clone()
+                    .add(cross_entropy(a, y).mul_scalar(r.auxiliary_weight)),
+                None => main.clone(),
+            };
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let main_v = scalar(main.inner());
+            if !main_v.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFinite {
+                    value: main_v,
+                    epoch: epoch + 1,
+                    batch: b + 1,
+                    last_good: epoch,
+                    dir: out.clone(),
+                });
+            }
+            clip_grad_norm(&model, &mut grads, r.grad_clip);
+            model = optim.step(lr, model, grads);
+            let l: Vec<f32> = logits.inner().into_data().iter::<f32>().collect();
+            let labels: Vec<usize> = idx.iter().map(|&i| dataset.train.labels[i]).collect();
+            correct += argmax_correct(&l, &labels, cfg.network.classes);
+            loss_sum += main_v as f64 * idx.len() as f64;
+            seen += idx.len();
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3}",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let (test_loss, test_acc) = evaluate(&model.valid(), &dataset.test, &cfg, device);
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_loss,
+            test_acc,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        println!(
+            "epoch {}/{} train_loss={:.4} train_acc={:.4} test_loss={:.4} test_acc={:.4} lr={:.5} seconds={:.1}",
+            m.epoch, r.epochs, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.lr, m.seconds
+        );
+        metrics.push(m);
+        checkpoint::save_epoch::<B, _, _, _>(out, epoch + 1, &model, &optim, &metrics)?;
+        if abort_after == Some(epoch + 1) {
+            // Test hook: simulate a kill right after a checkpoint.
+            std::process::abort();
+        }
+    }
+    Ok(TrainSummary {
+        metrics,
+        parameters,
+        out: out.clone(),
+    })
+}
+
+/// Reads `DIR/config.json`.
+pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
+        path,
+        problem: format!("not a splitnas run config: {e}"),
+    })
+}
+
+fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_starts_at_lr_and_halves_midway() {
+        assert!((cosine_lr(0.1, 0, 10) - 0.1).abs() < 1e-12);
+        assert!((cosine_lr(0.1, 5, 10) - 0.05).abs() < 1e-12);
+        assert!(cosine_lr(0.1, 10, 10).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cross_entropy_matches_a_hand_computation() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let logits = Tensor::<B, 2>::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 1.0, 3.0], [2, 2]),
+            &device,
+        );
+        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+        // Row 1: -log(1/2); row 2: -log(e^3 / (e + e^3)).
+        let expect = (2f64.ln() + (1.0 + (-2f64).exp()).ln()) / 2.0;
+        assert!((scalar(cross_entropy(logits, labels)) as f64 - expect).abs() < 1e-6);
+    }
+
+    #[test]
+    fn global_norm_clipping_scales_every_gradient() {
+        type A = burn::backend::Autodiff<burn::backend::Flex>;
+        let device = Default::default();
+        let lin = burn::nn::LinearConfig::new(2, 1).init::<A>(&device);
+        let x = Tensor::<A, 2>::from_data(TensorData::new(vec![30.0f32, 40.0], [1, 2]), &device);
+        let loss = lin.forward(x).sum();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &lin);
+        // d/dw = x = (30, 40), d/db = 1: global norm sqrt(2501).
+        let norm = clip_grad_norm(&lin, &mut grads, 5.0);
+        assert!((norm - 2501f64.sqrt()).abs() < 1e-3);
+        let gw: Vec<f32> = grads
+            .get::<burn::backend::Flex, 2>(lin.weight.id)
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let gb: Vec<f32> = grads
+            .get::<burn::backend::Flex, 1>(lin.bias.as_ref().unwrap().id)
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let after = (gw.iter().map(|v| v * v).sum::<f32>() + gb[0] * gb[0]).sqrt();
+        assert!((after - 5.0).abs() < 1e-3, "{after}");
+    }
+}
