@@ -657,7 +657,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("train-images-idx3-ubyte: truncated"), "{e}");
-        std::fs::write(dir.join("train-images-idx3-ubyte"), idx_labels(5)).unwrap();
+        std::fs::write(dir.join("train-images-idx3-ubyte"), idx_labels(20)).unwrap();
         let e = load(DatasetKind::Mnist, &opts(&dir))
             .unwrap_err()
             .to_string();
