@@ -79,7 +79,8 @@ impl<B: Backend> BatchNorm2d<B> {
             let mean = self.running_mean.value().to_device(&device);
             let var = self.running_var.value().to_device(&device);
             let (scale, shift) = self.scale_shift(mean, var);
-            x.mul(scale).add(shift)
+            let n = x.dims()[0];
+            x.mul(per_sample(scale, n)).add(per_sample(shift, n))
         }
     }
 
@@ -110,19 +111,25 @@ impl<B: Backend> BatchNorm2d<B> {
     fn forward_train(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let count = n * h * w;
-        let flat = x.clone().swap_dims(0, 1).reshape([c, count]);
-        let mean = flat.clone().mean_dim(1); // [c, 1]
-        let centered = flat.sub(mean.clone());
-        let var = centered.square().mean_dim(1); // biased, [c, 1]
-        let inv_std = var.clone().add_scalar(self.epsilon).sqrt().recip();
-        let mut y = x
-            .sub(mean.clone().reshape([1, c, 1, 1]))
-            .mul(inv_std.reshape([1, c, 1, 1]));
+        // Reductions over the innermost axis, then over the batch: both stay on the
+        // CPU backends' contiguous fast paths (a swap_dims copy cost more than BN itself).
+        let channel_mean = |t: Tensor<B, 4>| {
+            t.reshape([n, c, h * w])
+                .sum_dim(2)
+                .sum_dim(0)
+                .reshape([c])
+                .div_scalar(count as f64)
+        };
+        let mean = channel_mean(x.clone()); // [c]
+        let centered = x.sub(per_sample(mean.clone().reshape([1, c, 1, 1]), n));
+        let var = channel_mean(centered.clone().square()); // biased, [c]
+        let mut scale = var.clone().add_scalar(self.epsilon).sqrt().recip();
         if let Some(g) = &self.gamma {
-            y = y.mul(g.val().reshape([1, c, 1, 1]));
+            scale = scale.mul(g.val());
         }
+        let mut y = centered.mul(per_sample(scale.reshape([1, c, 1, 1]), n));
         if let Some(b) = &self.beta {
-            y = y.add(b.val().reshape([1, c, 1, 1]));
+            y = y.add(per_sample(b.val().reshape([1, c, 1, 1]), n));
         }
 
         let device = mean.device();
@@ -136,14 +143,23 @@ impl<B: Backend> BatchNorm2d<B> {
         let rv = self.running_var.value_sync().to_device(&device);
         let new_mean = rm
             .mul_scalar(1.0 - m)
-            .add(mean.detach().reshape([c]).mul_scalar(m));
+            .add(mean.detach().mul_scalar(m));
         let new_var = rv
             .mul_scalar(1.0 - m)
-            .add(var.detach().reshape([c]).mul_scalar(m * unbias));
+            .add(var.detach().mul_scalar(m * unbias));
         self.running_mean.update(new_mean.detach());
         self.running_var.update(new_var.detach());
         y
     }
+}
+
+/// Repeats a `[1, C, 1, 1]` per-channel tensor to `[N, C, 1, 1]`.
+///
+/// Broadcasting `[1, C, 1, 1]` against `[N, C, H, W]` walks a strided iterator on
+/// Burn's CPU backends (an order of magnitude slower); `[N, C, 1, 1]` hits their SIMD
+/// "one scalar per row" path. The copy is N * C values.
+pub fn per_sample<B: Backend>(t: Tensor<B, 4>, n: usize) -> Tensor<B, 4> {
+    t.repeat_dim(0, n)
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ impl std::fmt::Display for DeviceKind {
 #[macro_export]
 macro_rules! with_autodiff_backend {
     ($kind:expr, $f:ident ( $($arg:expr),* $(,)? )) => {{
-        use $crate::device::{DeviceError, DeviceKind};
+        use $crate::device::DeviceKind;
         #[allow(unreachable_patterns)]
         match $kind {
             DeviceKind::Cpu => $f::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default(), $($arg),*),
@@ -67,9 +67,9 @@ macro_rules! with_autodiff_backend {
             #[cfg(feature = "wgpu")]
             DeviceKind::Wgpu => $f::<burn::backend::Autodiff<burn::backend::Wgpu>>(&Default::default(), $($arg),*),
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => Err(DeviceError::NotCompiled("cuda").into()),
+            DeviceKind::Cuda => Err($crate::device::DeviceError::NotCompiled("cuda").into()),
             #[cfg(not(feature = "wgpu"))]
-            DeviceKind::Wgpu => Err(DeviceError::NotCompiled("wgpu").into()),
+            DeviceKind::Wgpu => Err($crate::device::DeviceError::NotCompiled("wgpu").into()),
         }
     }};
 }
