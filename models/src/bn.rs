@@ -141,9 +141,7 @@ impl<B: Backend> BatchNorm2d<B> {
         let m = self.momentum;
         let rm = self.running_mean.value_sync().to_device(&device);
         let rv = self.running_var.value_sync().to_device(&device);
-        let new_mean = rm
-            .mul_scalar(1.0 - m)
-            .add(mean.detach().mul_scalar(m));
+        let new_mean = rm.mul_scalar(1.0 - m).add(mean.detach().mul_scalar(m));
         let new_var = rv
             .mul_scalar(1.0 - m)
             .add(var.detach().mul_scalar(m * unbias));

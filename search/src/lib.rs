@@ -8,8 +8,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod architect;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod mixed_op;
+pub mod supernet;
 pub mod train;

@@ -1,0 +1,329 @@
+//! The supernet edge: a MixedOp that sends only a fraction of the channels through the
+//! softmax(alpha)-weighted sum of the 8 DARTS operations (CSC-DARTS channel split).
+//!
+//! With partial factor K, C/K channels are *selected* and go through the operations; the
+//! other channels *bypass* them (2x2 max pool on stride-2 edges) and are merged back.
+//! K = 1 is plain DARTS. Which channels are selected, and how the two parts are merged,
+//! is the job of the [`SelectorKind`] (a field of the MixedOp, so new selectors slot in
+//! here without touching the supernet):
+//!
+//! - `split` (CSC-DARTS, default): the first C/K channels are selected; the output is
+//!   `concat(ops, bypass)` followed by a channel shuffle with K groups, so that over the
+//!   cell's edges every channel takes part in an operation.
+//! - `random` (PC-DARTS-style random subset, for comparison): a fresh random subset of
+//!   C/K channels per step and edge; each output channel keeps its position (processed
+//!   channels are put back where they came from), so no shuffle is needed.
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
+use splitnas_models::ops::Op;
+use splitnas_models::Primitive;
+
+/// How a MixedOp picks the channels that enter the operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectorKind {
+    /// Fixed split + channel shuffle (CSC-DARTS).
+    #[default]
+    Split,
+    /// Random subset per step, channels keep their positions.
+    Random,
+}
+
+impl SelectorKind {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            SelectorKind::Split => "split",
+            SelectorKind::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for SelectorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "split" => Ok(SelectorKind::Split),
+            "random" => Ok(SelectorKind::Random),
+            other => Err(format!(
+                "unknown selector '{other}' (expected split or random)"
+            )),
+        }
+    }
+}
+
+/// Channel shuffle with `groups` groups (ShuffleNet; PC-DARTS): `[N, C, H, W]` is viewed
+/// as `[N, groups, C/groups, H, W]`, the two group axes are swapped, and flattened back.
+/// Output channel `j * groups + g` is input channel `g * C/groups + j`.
+///
+/// # Shapes
+/// `[N, C, H, W] -> [N, C, H, W]` (`groups` divides C)
+pub fn channel_shuffle<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups <= 1 {
+        return x;
+    }
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, groups, c / groups, h, w])
+        .swap_dims(1, 2)
+        .reshape([n, c, h, w])
+}
+
+/// One candidate operation of a MixedOp; pooling is followed by a BatchNorm without
+/// affine in the supernet (DARTS).
+#[derive(Module, Debug)]
+pub struct SearchOp<B: Backend> {
+    /// The operation (always affine-free BatchNorm inside).
+    pub op: Op<B>,
+    /// BN after max/avg pooling.
+    pub bn: Option<BatchNorm2d<B>>,
+}
+
+impl<B: Backend> SearchOp<B> {
+    /// # Shapes
+    /// `[N, C, H, W] -> [N, C, ceil(H/s), ceil(W/s)]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let y = self.op.forward(x);
+        match &self.bn {
+            Some(bn) => bn.forward(y),
+            None => y,
+        }
+    }
+}
+
+/// A supernet edge (see the module documentation).
+#[derive(Module, Debug)]
+pub struct MixedOp<B: Backend> {
+    /// The 7 operations other than `none`, in [`Primitive::ALL`] order (index i here is
+    /// primitive i + 1). `none` contributes zeros and is not computed; its alpha still
+    /// takes part in the softmax.
+    pub ops: Vec<SearchOp<B>>,
+    /// 1 or 2.
+    pub stride: usize,
+    /// Partial factor K.
+    pub partial_k: usize,
+    /// Channel selection.
+    #[module(skip)]
+    pub selector: SelectorKind,
+}
+
+impl<B: Backend> MixedOp<B> {
+    /// An edge on `channels` channels (divisible by `partial_k`).
+    pub fn new(
+        channels: usize,
+        stride: usize,
+        partial_k: usize,
+        selector: SelectorKind,
+        device: &B::Device,
+    ) -> Self {
+        let c = channels / partial_k.max(1);
+        let ops = Primitive::ALL[1..]
+            .iter()
+            .map(|&p| {
+                let pool = matches!(p, Primitive::MaxPool3x3 | Primitive::AvgPool3x3);
+                SearchOp {
+                    op: Op::new(p, c, stride, false, device),
+                    bn: pool.then(|| BatchNorm2dConfig::new(c).with_affine(false).init(device)),
+                }
+            })
+            .collect();
+        Self {
+            ops,
+            stride,
+            partial_k: partial_k.max(1),
+            selector,
+        }
+    }
+
+    /// Weighted sum of the operations on the selected channels, merged with the bypass.
+    /// `weights` holds softmax(alpha) of this edge, one value per primitive (8). `rng`
+    /// drives the random selector.
+    ///
+    /// # Shapes
+    /// `x: [N, C, H, W]`, `weights: [8]` -> `[N, C, ceil(H/s), ceil(W/s)]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        weights: Tensor<B, 1>,
+        rng: &mut StdRng,
+    ) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        let k = self.partial_k;
+        if k == 1 {
+            return self.op_sum(x, weights);
+        }
+        let ck = c / k;
+        match self.selector {
+            SelectorKind::Split => {
+                let selected = x.clone().slice([0..n, 0..ck, 0..h, 0..w]);
+                let bypass = x.slice([0..n, ck..c, 0..h, 0..w]);
+                let merged =
+                    Tensor::cat(vec![self.op_sum(selected, weights), self.bypass(bypass)], 1);
+                channel_shuffle(merged, k)
+            }
+            SelectorKind::Random => {
+                let mut perm: Vec<usize> = (0..c).collect();
+                perm.shuffle(rng);
+                let device = x.device();
+                let index = |v: &[usize]| {
+                    let data: Vec<i64> = v.iter().map(|&i| i as i64).collect();
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(data, [v.len()]), &device)
+                };
+                let selected = x.clone().select(1, index(&perm[..ck]));
+                let bypass = x.select(1, index(&perm[ck..]));
+                let merged =
+                    Tensor::cat(vec![self.op_sum(selected, weights), self.bypass(bypass)], 1);
+                // merged channel j came from input channel perm[j]: put it back there.
+                let mut inverse = vec![0usize; c];
+                for (j, &p) in perm.iter().enumerate() {
+                    inverse[p] = j;
+                }
+                merged.select(1, index(&inverse))
+            }
+        }
+    }
+
+    fn op_sum(&self, x: Tensor<B, 4>, weights: Tensor<B, 1>) -> Tensor<B, 4> {
+        let mut sum: Option<Tensor<B, 4>> = None;
+        for (i, op) in self.ops.iter().enumerate() {
+            let wi = weights.clone().slice([i + 1..i + 2]).reshape([1, 1, 1, 1]);
+            let y = op.forward(x.clone()).mul(wi);
+            sum = Some(match sum {
+                Some(s) => s.add(y),
+                None => y,
+            });
+        }
+        // `ops` always holds the 7 non-`none` operations.
+        sum.unwrap_or(x)
+    }
+
+    fn bypass(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.stride == 1 {
+            return x;
+        }
+        // Ceil mode (odd sides give ceil(H/2), like the strided ops): replicating the
+        // last row/column leaves every window's maximum unchanged.
+        let [_, _, h, w] = x.dims();
+        let x = if h % 2 == 1 || w % 2 == 1 {
+            x.pad((0, w % 2, 0, h % 2), PadMode::Edge)
+        } else {
+            x
+        };
+        max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use rand::SeedableRng;
+
+    type B = burn::backend::Flex;
+
+    fn weights() -> Tensor<B, 1> {
+        burn::tensor::activation::softmax(
+            Tensor::<B, 1>::random([8], Distribution::Normal(0.0, 1.0), &Default::default()),
+            0,
+        )
+    }
+
+    #[test]
+    fn output_shapes_for_every_k_and_stride() {
+        let device = Default::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let x = Tensor::<B, 4>::random([2, 16, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        for selector in [SelectorKind::Split, SelectorKind::Random] {
+            for k in [1, 2, 4, 8] {
+                for (stride, side) in [(1, 8), (2, 4)] {
+                    let op = MixedOp::<B>::new(16, stride, k, selector, &device);
+                    assert_eq!(
+                        op.ops[0]
+                            .op
+                            .forward(x.clone().slice([0..2, 0..16 / k, 0..8, 0..8]))
+                            .dims()[1],
+                        16 / k
+                    );
+                    let y = op.forward(x.clone(), weights(), &mut rng);
+                    assert_eq!(
+                        y.dims(),
+                        [2, 16, side, side],
+                        "{selector:?} k={k} s={stride}"
+                    );
+                }
+            }
+        }
+        // Odd side at stride 2: the bypass pools in ceil mode like the strided ops
+        // (values 0..49 row-major: window maxima are the bottom-right of each window,
+        // clamped to the last row/column).
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new((0..49).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 7, 7]),
+            &device,
+        );
+        let op = MixedOp::<B>::new(8, 2, 4, SelectorKind::Split, &device);
+        let y: Vec<f32> = op.bypass(x).into_data().iter::<f32>().collect();
+        let expect: Vec<f32> = [1usize, 3, 5, 6]
+            .iter()
+            .flat_map(|&r| [1usize, 3, 5, 6].map(|c| (r * 7 + c) as f32))
+            .collect();
+        assert_eq!(y, expect);
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation_interleaving_the_groups() {
+        let device = Default::default();
+        // Channel c holds the value c everywhere.
+        let data: Vec<f32> = (0..8)
+            .flat_map(|c| std::iter::repeat_n(c as f32, 4))
+            .collect();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(data, [1, 8, 2, 2]), &device);
+        let y = channel_shuffle(x, 4);
+        let v: Vec<f32> = y.into_data().iter::<f32>().collect();
+        let order: Vec<f32> = v.chunks(4).map(|c| c[0]).collect();
+        // [N, 4, 2] -> swap -> [N, 2, 4]: output j*4+g = input g*2+j (hand-derived).
+        assert_eq!(order, vec![0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]);
+        let mut sorted = order.clone();
+        sorted.sort_by(f32::total_cmp);
+        assert_eq!(sorted, (0..8).map(|c| c as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bypassed_channels_pass_unchanged() {
+        // Stride 1, K = 4 on 8 channels: channels 2..8 bypass. After the shuffle,
+        // output channel j*4+g holds merged channel g*2+j; merged channels >= 2 are the
+        // input channels unchanged.
+        let device = Default::default();
+        let mut rng = StdRng::seed_from_u64(3);
+        let x = Tensor::<B, 4>::random([2, 8, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let op = MixedOp::<B>::new(8, 1, 4, SelectorKind::Split, &device);
+        let y = op.forward(x.clone(), weights(), &mut rng);
+        for out_c in 0..8 {
+            let (j, g) = (out_c / 4, out_c % 4);
+            let merged = g * 2 + j;
+            if merged >= 2 {
+                let a = y.clone().slice([0..2, out_c..out_c + 1, 0..4, 0..4]);
+                let b = x.clone().slice([0..2, merged..merged + 1, 0..4, 0..4]);
+                let d: f32 = a.sub(b).abs().max().into_scalar();
+                assert!(d == 0.0, "channel {out_c}");
+            }
+        }
+        // Random selector: exactly C - C/K channels are unchanged, in place.
+        let op = MixedOp::<B>::new(8, 1, 4, SelectorKind::Random, &device);
+        let y = op.forward(x.clone(), weights(), &mut rng);
+        let same = (0..8)
+            .filter(|&ch| {
+                let a = y.clone().slice([0..2, ch..ch + 1, 0..4, 0..4]);
+                let b = x.clone().slice([0..2, ch..ch + 1, 0..4, 0..4]);
+                a.sub(b).abs().max().into_scalar() == 0.0
+            })
+            .count();
+        assert_eq!(same, 6);
+    }
+}
