@@ -3,9 +3,13 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use splitnas_models::Genotype;
-use splitnas_search::bench::{bench_train, TrainBench};
+use splitnas_search::architect::Order;
+use splitnas_search::bench::{bench_search, bench_train, SearchBench, TrainBench};
 use splitnas_search::data::{self, DataOptions, DatasetKind};
 use splitnas_search::device::DeviceKind;
+use splitnas_search::mixed_op::SelectorKind;
+use splitnas_search::search::{search, SearchOptions, SearchRecipe};
+use splitnas_search::supernet::SupernetConfig;
 use splitnas_search::train::{train, TrainOptions, TrainRecipe};
 use std::path::PathBuf;
 
@@ -22,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Search a cell with channel-split differentiable architecture search (CSC-DARTS).
+    Search(SearchArgs),
     /// Train the network of a genotype from scratch on a data set.
     Train(TrainArgs),
     /// Inspect genotypes.
@@ -54,6 +60,32 @@ enum Format {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Time full search iterations (architecture + weight step) on synthetic data.
+    SearchStep {
+        #[arg(long, default_value_t = 4)]
+        partial_k: usize,
+        #[arg(long, default_value = "split")]
+        selector: String,
+        #[arg(long, default_value = "first")]
+        order: String,
+        #[arg(long, default_value_t = 16)]
+        channels: usize,
+        #[arg(long, default_value_t = 8)]
+        layers: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        #[arg(long, default_value_t = 3)]
+        in_channels: usize,
+        /// Timed iterations after one warm-up iteration.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Training throughput of an evaluation network on synthetic data.
     Train {
         #[arg(long, default_value = "DARTS_V2")]
@@ -76,6 +108,66 @@ enum BenchCmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// fashion-mnist, mnist, cifar10, cifar100 or synthetic.
+    #[arg(long)]
+    dataset: String,
+    /// Directory with the data files (fashion-mnist default: /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Initial channels C of the supernet.
+    #[arg(long, default_value_t = 16)]
+    channels: usize,
+    /// Cells L of the supernet.
+    #[arg(long, default_value_t = 8)]
+    layers: usize,
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// Batch size of each half (weights and architecture).
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Initial weight learning rate, cosine-annealed to 0. Default: 0.1 at batch 256,
+    /// scaled linearly with --batch-size (0.025 at 64) when not given.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Partial channel factor K: C/K channels of each edge enter the operations (1 = DARTS).
+    #[arg(long, default_value_t = 4)]
+    partial_k: usize,
+    /// Channel selection: split (CSC-DARTS: fixed split + channel shuffle) or random.
+    #[arg(long, default_value = "split")]
+    selector: String,
+    /// CSC-DARTS identity connection on every cell (default on).
+    #[arg(long, overrides_with = "no_identity")]
+    identity: bool,
+    /// Ablate the identity connection.
+    #[arg(long = "no-identity")]
+    no_identity: bool,
+    /// Architecture gradient: first or second (unrolled, finite-difference Hessian).
+    #[arg(long, default_value = "first")]
+    order: String,
+    /// Epochs with the architecture frozen.
+    #[arg(long, default_value_t = 15)]
+    warmup_epochs: usize,
+    /// Fraction of the training images for the weights (the rest trains the architecture).
+    #[arg(long, default_value_t = 0.5)]
+    train_portion: f64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu (flex, default), ndarray, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the search in --out after its last checkpoint.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -135,6 +227,61 @@ struct TrainArgs {
 
 fn device(s: &str) -> Result<DeviceKind> {
     s.parse().context("--device")
+}
+
+fn run_search(a: SearchArgs) -> Result<()> {
+    let dataset: DatasetKind = a.dataset.parse().context("--dataset")?;
+    let selector: SelectorKind = a
+        .selector
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--selector")?;
+    let order: Order = a
+        .order
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--order")?;
+    let lr = a.lr.unwrap_or(0.1 * a.batch_size as f64 / 256.0);
+    let opts = SearchOptions {
+        dataset,
+        data: DataOptions {
+            dir: a.data_dir,
+            train_limit: a.train_limit,
+            test_limit: Some(1),
+            seed: a.seed,
+        },
+        supernet: SupernetConfig::new()
+            .with_channels(a.channels)
+            .with_layers(a.layers)
+            .with_partial_k(a.partial_k)
+            .with_selector(selector)
+            .with_identity(a.identity || !a.no_identity),
+        recipe: SearchRecipe {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            grad_clip: 5.0,
+            arch_lr: 6e-4,
+            arch_weight_decay: 1e-3,
+            arch_betas: (0.5, 0.999),
+            warmup_epochs: a.warmup_epochs,
+            train_portion: a.train_portion,
+            order,
+            seed: a.seed,
+        },
+        out: a.out,
+        resume: a.resume,
+        progress: true,
+    };
+    let s = search(device(&a.device)?, &opts)?;
+    println!(
+        "final genotype = {}\nwrote {}",
+        s.genotype.to_darts(),
+        s.out.join("genotype.json").display()
+    );
+    Ok(())
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
@@ -232,6 +379,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => default_job(),
+        Some(Command::Search(a)) => run_search(a),
         Some(Command::Train(a)) => run_train(a),
         Some(Command::Genotype(GenotypeCmd::Show { genotype, format })) => {
             let g = Genotype::resolve(&genotype)?;
@@ -247,6 +395,44 @@ fn real_main() -> Result<()> {
                     println!("{name} = {}", g.to_darts());
                 }
             }
+            Ok(())
+        }
+        Some(Command::Bench(BenchCmd::SearchStep {
+            partial_k,
+            selector,
+            order,
+            channels,
+            layers,
+            batch_size,
+            image_size,
+            in_channels,
+            steps,
+            seed,
+            device: d,
+        })) => {
+            let selector: SelectorKind = selector
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .context("--selector")?;
+            let order: Order = order
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .context("--order")?;
+            let o = SearchBench {
+                supernet: SupernetConfig::new()
+                    .with_channels(channels)
+                    .with_layers(layers)
+                    .with_partial_k(partial_k)
+                    .with_selector(selector)
+                    .with_in_channels(in_channels)
+                    .with_image_size(image_size),
+                order,
+                batch_size,
+                steps,
+                seed,
+            };
+            let r = bench_search(device(&d)?, &o)?;
+            println!("step_s={:.4} images_per_s={:.1}", r.step_s, r.images_per_s);
             Ok(())
         }
         Some(Command::Bench(BenchCmd::Train {

@@ -104,3 +104,110 @@ fn bench_train_on<B: AutodiffBackend>(
         images_per_s: n as f64 / step_s,
     })
 }
+
+/// `splitnas bench search-step` options.
+#[derive(Clone, Debug)]
+pub struct SearchBench {
+    /// Supernet (size, K, selector, identity).
+    pub supernet: crate::supernet::SupernetConfig,
+    /// First or second order.
+    pub order: crate::architect::Order,
+    /// Batch size of each half.
+    pub batch_size: usize,
+    /// Timed iterations (after one warm-up iteration).
+    pub steps: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Times full search iterations (architecture step, then weight step) on synthetic data.
+/// `images_per_s` counts the weight-step batch.
+pub fn bench_search(device: DeviceKind, o: &SearchBench) -> Result<BenchResult, TrainError> {
+    if o.steps == 0 || o.batch_size == 0 {
+        return Err(TrainError::Flag {
+            flag: "--steps/--batch-size",
+            problem: "must be at least 1".into(),
+        });
+    }
+    o.supernet.validate().map_err(|p| TrainError::Flag {
+        flag: "--partial-k/--channels/--layers",
+        problem: p,
+    })?;
+    crate::with_autodiff_backend!(device, bench_search_on(o))
+}
+
+fn bench_search_on<B: AutodiffBackend>(
+    device: &B::Device,
+    o: &SearchBench,
+) -> Result<BenchResult, TrainError> {
+    use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
+    use crate::supernet::Supernet;
+    use burn::optim::AdamConfig;
+    B::seed(device, o.seed);
+    let s = &o.supernet;
+    let mut net: Supernet<B> = s.init(device).map_err(|p| TrainError::Flag {
+        flag: "--partial-k/--channels/--layers",
+        problem: p,
+    })?;
+    let mut w_optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+        }))
+        .with_weight_decay(Some(WeightDecayConfig::new(3e-4)))
+        .init::<B, Supernet<B>>();
+    let mut a_optim = AdamConfig::new()
+        .with_beta_1(0.5)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(Some(WeightDecayConfig::new(1e-3)))
+        .init::<B, Supernet<B>>();
+    let n = o.batch_size;
+    let (set, _) = synthetic(2 * n, 0, s.in_channels, s.image_size, s.classes, o.seed);
+    let mut rng = StdRng::seed_from_u64(o.seed);
+    let (mean, std) = set.mean_std();
+    let mut batch = |range: std::ops::Range<usize>| {
+        let idx: Vec<usize> = range.collect();
+        let (x, y) = make_batch(&set, &idx, &mean, &std, None, &mut rng);
+        (
+            Tensor::<B, 4>::from_data(
+                TensorData::new(x, [n, s.in_channels, s.image_size, s.image_size]),
+                device,
+            ),
+            Tensor::<B, 1, Int>::from_data(TensorData::new(y, [n]), device),
+        )
+    };
+    let train = batch(0..n);
+    let valid = batch(n..2 * n);
+    let mut sel_rng = StdRng::seed_from_u64(o.seed);
+    let lr = 0.1 * n as f64 / 256.0;
+    let mut times = vec![];
+    for step in 0..=o.steps {
+        let t0 = Instant::now();
+        let (grads, _) = match o.order {
+            Order::First => arch_grads_first(&net, valid.clone(), &mut sel_rng),
+            Order::Second => arch_grads_second(
+                &net,
+                &w_optim,
+                lr,
+                train.clone(),
+                valid.clone(),
+                &mut sel_rng,
+            ),
+        };
+        net = a_optim.step(6e-4, net, grads);
+        let (mut grads, _, _) = weight_grads(&net, train.clone(), &mut sel_rng);
+        clip_grad_norm(&net.weights, &mut grads, 5.0); // reads the norm back: synchronizes
+        net = w_optim.step(lr, net, grads);
+        if step > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let step_s = times[times.len() / 2];
+    Ok(BenchResult {
+        step_s,
+        images_per_s: n as f64 / step_s,
+    })
+}

@@ -25,6 +25,9 @@ pub struct CheckpointState<M> {
     pub model: String,
     /// Optimizer record, relative to the run directory.
     pub optim: String,
+    /// Architecture optimizer record (search runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch_optim: Option<String>,
     /// Per-epoch metrics so far.
     pub metrics: Vec<M>,
 }
@@ -142,18 +145,69 @@ pub fn save_epoch<
     save_record::<B, _>(record, &dir.join(&model_rel))?;
     save_record::<B, _>(optim.to_record(), &dir.join(&optim_rel))?;
     save_record::<B::InnerBackend, _>(model.valid().into_record(), &dir.join("model.mpk"))?;
+    commit(
+        dir,
+        "metrics.jsonl",
+        CheckpointState {
+            epoch,
+            model: model_rel,
+            optim: optim_rel,
+            arch_optim: None,
+            metrics: metrics.to_vec(),
+        },
+    )
+}
+
+/// Writes the checkpoint of a finished search `epoch`: supernet (weights + alphas/betas),
+/// weight optimizer, architecture optimizer, and `search.jsonl`.
+pub fn save_search_epoch<
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+    P: Optimizer<M, B>,
+    T: Serialize + Clone,
+>(
+    dir: &Path,
+    epoch: usize,
+    model: &M,
+    optim: &O,
+    arch_optim: &P,
+    metrics: &[T],
+) -> Result<(), TrainError> {
+    let ck = dir.join("checkpoint");
+    std::fs::create_dir_all(&ck).map_err(io(&ck))?;
+    let model_rel = format!("checkpoint/epoch-{epoch:04}-model.mpk");
+    let optim_rel = format!("checkpoint/epoch-{epoch:04}-optim.mpk");
+    let arch_rel = format!("checkpoint/epoch-{epoch:04}-arch-optim.mpk");
+    save_record::<B, _>(model.clone().into_record(), &dir.join(&model_rel))?;
+    save_record::<B, _>(optim.to_record(), &dir.join(&optim_rel))?;
+    save_record::<B, _>(arch_optim.to_record(), &dir.join(&arch_rel))?;
+    commit(
+        dir,
+        "search.jsonl",
+        CheckpointState {
+            epoch,
+            model: model_rel,
+            optim: optim_rel,
+            arch_optim: Some(arch_rel),
+            metrics: metrics.to_vec(),
+        },
+    )
+}
+
+/// Writes the metrics file and then `checkpoint.json` (atomically, last), then deletes
+/// checkpoint files the new state does not name.
+fn commit<T: Serialize>(
+    dir: &Path,
+    metrics_file: &str,
+    state: CheckpointState<T>,
+) -> Result<(), TrainError> {
     let mut lines = String::new();
-    for m in metrics {
+    for m in &state.metrics {
         lines.push_str(&serde_json::to_string(m).unwrap_or_default());
         lines.push('\n');
     }
-    write_atomic(&dir.join("metrics.jsonl"), lines.as_bytes())?;
-    let state = CheckpointState {
-        epoch,
-        model: model_rel.clone(),
-        optim: optim_rel.clone(),
-        metrics: metrics.to_vec(),
-    };
+    write_atomic(&dir.join(metrics_file), lines.as_bytes())?;
     write_atomic(
         &dir.join("checkpoint.json"),
         serde_json::to_string_pretty(&state)
@@ -161,12 +215,15 @@ pub fn save_epoch<
             .as_bytes(),
     )?;
     // Only now drop older checkpoints.
-    if let Ok(entries) = std::fs::read_dir(&ck) {
+    let keep = [
+        Some(state.model.as_str()),
+        Some(state.optim.as_str()),
+        state.arch_optim.as_deref(),
+    ];
+    if let Ok(entries) = std::fs::read_dir(dir.join("checkpoint")) {
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let keep = format!("checkpoint/{name}") == model_rel
-                || format!("checkpoint/{name}") == optim_rel;
-            if !keep {
+            let rel = format!("checkpoint/{}", e.file_name().to_string_lossy());
+            if !keep.contains(&Some(rel.as_str())) {
                 let _ = std::fs::remove_file(e.path());
             }
         }

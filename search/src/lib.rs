@@ -14,5 +14,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod mixed_op;
+pub mod search;
 pub mod supernet;
 pub mod train;

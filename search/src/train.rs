@@ -275,15 +275,15 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     norm
 }
 
-fn batch_tensors<B: Backend>(
+pub(crate) fn batch_tensors<B: Backend>(
     set: &ImageSet,
     idx: &[usize],
-    cfg: &RunConfig,
+    (mean, std): (&[f32], &[f32]),
     aug: Option<&Augment>,
     rng: &mut StdRng,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    let (x, y) = make_batch(set, idx, &cfg.mean, &cfg.std, aug, rng);
+    let (x, y) = make_batch(set, idx, mean, std, aug, rng);
     let (c, s) = (set.channels, set.side);
     let n = idx.len();
     (
@@ -292,7 +292,7 @@ fn batch_tensors<B: Backend>(
     )
 }
 
-fn argmax_correct(logits: &[f32], labels: &[usize], classes: usize) -> usize {
+pub(crate) fn argmax_correct(logits: &[f32], labels: &[usize], classes: usize) -> usize {
     logits
         .chunks_exact(classes)
         .zip(labels)
@@ -317,7 +317,7 @@ pub fn evaluate<B: Backend>(
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     let indices: Vec<usize> = (0..set.len()).collect();
     for idx in indices.chunks(256) {
-        let (x, y) = batch_tensors::<B>(set, idx, cfg, None, &mut rng, device);
+        let (x, y) = batch_tensors::<B>(set, idx, (&cfg.mean, &cfg.std), None, &mut rng, device);
         let logits = model.forward(x);
         let loss = cross_entropy(logits.clone(), y);
         loss_sum += scalar(loss) as f64 * idx.len() as f64;
@@ -329,11 +329,11 @@ pub fn evaluate<B: Backend>(
     (loss_sum / n, correct as f64 / n)
 }
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
+pub(crate) fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
     t.into_data().iter::<f32>().next().unwrap_or(f32::NAN)
 }
 
-fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(epoch as u64 + 1)
 }
@@ -514,8 +514,14 @@ pub fn train_on<B: AutodiffBackend>(
         );
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for (b, idx) in order.chunks(r.batch_size).enumerate() {
-            let (x, y) =
-                batch_tensors::<B>(&dataset.train, idx, &cfg, Some(&augment), &mut rng, device);
+            let (x, y) = batch_tensors::<B>(
+                &dataset.train,
+                idx,
+                (&cfg.mean, &cfg.std),
+                Some(&augment),
+                &mut rng,
+                device,
+            );
             let (logits, aux) = model.forward_train(x, drop_prob);
             let main = cross_entropy(logits.clone(), y.clone());
             let loss = match aux {
@@ -592,7 +598,7 @@ pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
     })
 }
 
-fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
+pub(crate) fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

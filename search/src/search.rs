@@ -1,0 +1,543 @@
+//! `splitnas search`: channel-split differentiable architecture search.
+//!
+//! The training images (first `--train-limit`) are split into a weight half (the first
+//! `train_portion`) and an architecture half (the rest). Each iteration takes one batch
+//! of each: the architecture step (Adam on alphas/betas; skipped during the warm-up
+//! epochs), then the weight step (SGD with momentum, cosine learning rate, global
+//! gradient clip). After every epoch the architecture half is evaluated (inference
+//! mode), the genotype derived, and the run checkpointed atomically.
+//!
+//! Output directory: `config.json`, `search.jsonl`, `genotype.json` (usable as
+//! `splitnas train --genotype DIR/genotype.json`), `alphas.json` (softmaxed and raw
+//! architecture weights), `checkpoint.json` + `checkpoint/`.
+
+use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
+use crate::checkpoint::{self, write_atomic};
+use crate::data::{self, Augment, DataOptions, Dataset, DatasetKind, ImageSet};
+use crate::device::DeviceKind;
+use crate::supernet::{CellWeights, Supernet, SupernetConfig};
+use crate::train::{
+    argmax_correct, batch_tensors, clip_grad_norm, cosine_lr, cross_entropy, epoch_seed,
+    progress_bar, scalar, TrainError,
+};
+use burn::module::AutodiffModule;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use splitnas_models::Genotype;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The search recipe, saved in `config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SearchRecipe {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size (of each half).
+    pub batch_size: usize,
+    /// Initial weight learning rate (cosine to 0).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay of the weights.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip of the weight step.
+    pub grad_clip: f64,
+    /// Adam learning rate of the architecture.
+    pub arch_lr: f64,
+    /// Adam weight decay of the architecture.
+    pub arch_weight_decay: f64,
+    /// Adam betas.
+    pub arch_betas: (f32, f32),
+    /// Epochs with the architecture frozen.
+    pub warmup_epochs: usize,
+    /// Fraction of the training images used for the weights.
+    pub train_portion: f64,
+    /// First or second order.
+    pub order: Order,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// What `splitnas search` was asked to do.
+#[derive(Clone, Debug)]
+pub struct SearchOptions {
+    /// Data set.
+    pub dataset: DatasetKind,
+    /// Data directory and limits (`test_limit` is ignored).
+    pub data: DataOptions,
+    /// Supernet (classes, input channels and size are set from the data).
+    pub supernet: SupernetConfig,
+    /// Recipe.
+    pub recipe: SearchRecipe,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Continue the run in `out`.
+    pub resume: bool,
+    /// Progress bar on a terminal.
+    pub progress: bool,
+}
+
+/// `config.json` of a search run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchConfig {
+    /// Supernet.
+    pub supernet: SupernetConfig,
+    /// Recipe.
+    pub recipe: SearchRecipe,
+    /// Per-channel mean of the training images.
+    pub mean: Vec<f32>,
+    /// Per-channel std.
+    pub std: Vec<f32>,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Data set name.
+    pub dataset: String,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Training images used.
+    pub train_limit: Option<usize>,
+}
+
+/// Alpha entropy per cell type.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entropy {
+    /// Normal cell.
+    pub normal: f64,
+    /// Reduction cell.
+    pub reduce: f64,
+}
+
+/// One line of `search.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SearchMetrics {
+    /// Epoch, 1-based.
+    pub epoch: usize,
+    /// Weight-step loss.
+    pub train_loss: f64,
+    /// Weight-step accuracy.
+    pub train_acc: f64,
+    /// Loss on the architecture half (inference mode).
+    pub valid_loss: f64,
+    /// Accuracy on the architecture half.
+    pub valid_acc: f64,
+    /// Learning rate of the weights.
+    pub lr: f64,
+    /// Whether the architecture was updated (false during warm-up).
+    pub arch_updated: bool,
+    /// Genotype after the epoch, DARTS notation.
+    pub genotype: String,
+    /// Mean entropy (nats) of softmax(alpha) per edge.
+    pub alpha_entropy: Entropy,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+}
+
+/// `alphas.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlphasFile {
+    /// Epoch they belong to.
+    pub epoch: usize,
+    /// Primitive names, column order.
+    pub primitives: Vec<String>,
+    /// Normal cell weights.
+    pub normal: CellWeights,
+    /// Reduction cell weights.
+    pub reduce: CellWeights,
+}
+
+/// Result of a finished search.
+#[derive(Clone, Debug)]
+pub struct SearchSummary {
+    /// All epochs.
+    pub metrics: Vec<SearchMetrics>,
+    /// Final genotype.
+    pub genotype: Genotype,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+fn flag(flag: &'static str, problem: impl Into<String>) -> TrainError {
+    TrainError::Flag {
+        flag,
+        problem: problem.into(),
+    }
+}
+
+/// Checks the flags that need no data.
+pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
+    let r = &o.recipe;
+    if r.epochs == 0 {
+        return Err(flag("--epochs", "must be at least 1"));
+    }
+    if r.batch_size == 0 {
+        return Err(flag("--batch-size", "must be at least 1"));
+    }
+    if !(r.lr.is_finite() && r.lr > 0.0) {
+        return Err(flag("--lr", "must be a positive number"));
+    }
+    if r.warmup_epochs >= r.epochs {
+        return Err(flag(
+            "--warmup-epochs",
+            format!(
+                "{} warm-up epochs leave no epoch of a {}-epoch run to search the architecture; use fewer than --epochs",
+                r.warmup_epochs, r.epochs
+            ),
+        ));
+    }
+    if !(r.train_portion > 0.0 && r.train_portion < 1.0) {
+        return Err(flag("--train-portion", "must be strictly between 0 and 1"));
+    }
+    if o.data.train_limit == Some(0) {
+        return Err(flag("--train-limit", "must be at least 1"));
+    }
+    o.supernet
+        .validate()
+        .map_err(|p| flag("--partial-k/--channels/--layers", p))
+}
+
+/// Runs `splitnas search` on `device`.
+pub fn search(device: DeviceKind, opts: &SearchOptions) -> Result<SearchSummary, TrainError> {
+    if !opts.resume {
+        check_options(opts)?;
+    }
+    crate::with_autodiff_backend!(device, search_on(opts))
+}
+
+/// Reads `DIR/config.json` of a search run.
+pub fn read_search_config(dir: &Path) -> Result<SearchConfig, TrainError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
+        path,
+        problem: format!("not a splitnas search config: {e}"),
+    })
+}
+
+/// Loss and accuracy of the supernet (inference mode) on images `idx` of `set`.
+fn evaluate<B: Backend>(
+    net: &Supernet<B>,
+    set: &ImageSet,
+    idx: &[usize],
+    cfg: &SearchConfig,
+    device: &B::Device,
+) -> (f64, f64) {
+    let mut rng = StdRng::seed_from_u64(0);
+    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    for chunk in idx.chunks(256) {
+        let (x, y) = batch_tensors::<B>(set, chunk, (&cfg.mean, &cfg.std), None, &mut rng, device);
+        let logits = net.forward(x, &mut rng);
+        loss_sum += scalar(cross_entropy(logits.clone(), y)) as f64 * chunk.len() as f64;
+        let l: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let labels: Vec<usize> = chunk.iter().map(|&i| set.labels[i]).collect();
+        correct += argmax_correct(&l, &labels, cfg.classes.len());
+    }
+    let n = idx.len().max(1) as f64;
+    (loss_sum / n, correct as f64 / n)
+}
+
+fn load_data(cfg: &SearchConfig) -> Result<Dataset, TrainError> {
+    let kind: DatasetKind = cfg.dataset.parse()?;
+    Ok(data::load(
+        kind,
+        &DataOptions {
+            dir: cfg.data_dir.clone(),
+            train_limit: cfg.train_limit,
+            test_limit: Some(1),
+            seed: cfg.recipe.seed,
+        },
+    )?)
+}
+
+/// Runs the search on the autodiff backend `B`.
+pub fn search_on<B: AutodiffBackend>(
+    device: &B::Device,
+    opts: &SearchOptions,
+) -> Result<SearchSummary, TrainError> {
+    let out = &opts.out;
+    let state = checkpoint::read_state::<SearchMetrics>(out)?;
+    let (cfg, dataset) = match (&state, opts.resume) {
+        (Some(s), false) => {
+            let epochs = read_search_config(out)
+                .map(|c| c.recipe.epochs)
+                .unwrap_or(0);
+            return Err(TrainError::Exists {
+                dir: out.clone(),
+                epoch: s.epoch,
+                epochs,
+            });
+        }
+        (None, true) => return Err(TrainError::NothingToResume(out.clone())),
+        (Some(_), true) => {
+            let cfg = read_search_config(out)?;
+            let data = load_data(&cfg)?;
+            (cfg, data)
+        }
+        (None, false) => {
+            let mut data_opts = opts.data.clone();
+            data_opts.test_limit = Some(1);
+            let data = data::load(opts.dataset, &data_opts)?;
+            if data.train.len() < 2 {
+                return Err(flag(
+                    "--train-limit",
+                    "the search needs at least 2 training images",
+                ));
+            }
+            let supernet = opts
+                .supernet
+                .clone()
+                .with_classes(data.classes.len())
+                .with_in_channels(data.train.channels)
+                .with_image_size(data.train.side);
+            supernet
+                .validate()
+                .map_err(|p| flag("--partial-k/--channels/--layers", p))?;
+            let (mean, std) = data.train.mean_std();
+            let cfg = SearchConfig {
+                supernet,
+                recipe: opts.recipe.clone(),
+                mean,
+                std,
+                classes: data.classes.clone(),
+                dataset: data.kind.name().to_string(),
+                data_dir: opts.data.dir.clone(),
+                train_limit: opts.data.train_limit,
+            };
+            std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
+                path: out.clone(),
+                source,
+            })?;
+            let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+            write_atomic(&out.join("config.json"), text.as_bytes())?;
+            (cfg, data)
+        }
+    };
+    let r = cfg.recipe.clone();
+
+    B::seed(device, r.seed);
+    let mut net: Supernet<B> = cfg
+        .supernet
+        .init(device)
+        .map_err(|p| flag("--partial-k/--channels/--layers", p))?;
+    let mut w_optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: r.momentum,
+            dampening: 0.0,
+            nesterov: false,
+        }))
+        .with_weight_decay(Some(WeightDecayConfig::new(r.weight_decay as f32)))
+        .init::<B, Supernet<B>>();
+    let mut a_optim = AdamConfig::new()
+        .with_beta_1(r.arch_betas.0)
+        .with_beta_2(r.arch_betas.1)
+        .with_epsilon(1e-8)
+        .with_weight_decay(Some(WeightDecayConfig::new(r.arch_weight_decay as f32)))
+        .init::<B, Supernet<B>>();
+    let mut metrics: Vec<SearchMetrics> = vec![];
+    let mut start_epoch = 0;
+    if let Some(s) = &state {
+        net = checkpoint::load_module(net, &out.join(&s.model), device)?;
+        w_optim =
+            checkpoint::load_optimizer::<B, Supernet<B>, _>(w_optim, &out.join(&s.optim), device)?;
+        let arch_rel = s.arch_optim.clone().ok_or_else(|| TrainError::Corrupt {
+            path: out.join("checkpoint.json"),
+            problem: "names no architecture optimizer: not a search checkpoint".into(),
+        })?;
+        a_optim =
+            checkpoint::load_optimizer::<B, Supernet<B>, _>(a_optim, &out.join(arch_rel), device)?;
+        metrics = s.metrics.clone();
+        start_epoch = s.epoch;
+        println!(
+            "resuming search {} after epoch {}/{} (settings from config.json)",
+            out.display(),
+            s.epoch,
+            r.epochs
+        );
+    }
+
+    let n = dataset.train.len();
+    let n_w = ((n as f64 * r.train_portion).round() as usize).clamp(1, n - 1);
+    let weight_half: Vec<usize> = (0..n_w).collect();
+    let arch_half: Vec<usize> = (n_w..n).collect();
+    let steps = weight_half
+        .len()
+        .div_ceil(r.batch_size)
+        .min(arch_half.len().div_ceil(r.batch_size));
+    let s = &cfg.supernet;
+    println!(
+        "searching on {} ({} weight / {} architecture images, {}x{}x{}): C={} L={} K={} selector={} identity={} order={:?}, {} epochs ({} warm-up), {} steps per epoch",
+        cfg.dataset,
+        weight_half.len(),
+        arch_half.len(),
+        s.in_channels,
+        s.image_size,
+        s.image_size,
+        s.channels,
+        s.layers,
+        s.partial_k,
+        s.selector.name(),
+        s.identity,
+        r.order,
+        r.epochs,
+        r.warmup_epochs,
+        steps
+    );
+    let augment = Augment::standard(dataset.kind, dataset.train.side, 0);
+    let abort_after: Option<usize> = std::env::var("SPLITNAS_ABORT_AFTER_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for epoch in start_epoch..r.epochs {
+        let t0 = Instant::now();
+        let lr = cosine_lr(r.lr, epoch, r.epochs);
+        let search_arch = epoch >= r.warmup_epochs;
+        let seed = epoch_seed(r.seed, epoch);
+        B::seed(device, seed);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sel_rng = StdRng::seed_from_u64(seed ^ 0x5e1e_c7);
+        let mut w_order = weight_half.clone();
+        let mut a_order = arch_half.clone();
+        w_order.shuffle(&mut rng);
+        a_order.shuffle(&mut rng);
+        let bar = progress_bar(
+            opts.progress,
+            steps as u64,
+            &format!("search {}/{}", epoch + 1, r.epochs),
+        );
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for (b, (w_idx, a_idx)) in w_order
+            .chunks(r.batch_size)
+            .zip(a_order.chunks(r.batch_size))
+            .enumerate()
+        {
+            let train = batch_tensors::<B>(
+                &dataset.train,
+                w_idx,
+                (&cfg.mean, &cfg.std),
+                Some(&augment),
+                &mut rng,
+                device,
+            );
+            if search_arch {
+                let valid = batch_tensors::<B>(
+                    &dataset.train,
+                    a_idx,
+                    (&cfg.mean, &cfg.std),
+                    Some(&augment),
+                    &mut rng,
+                    device,
+                );
+                let (grads, _) = match r.order {
+                    Order::First => arch_grads_first(&net, valid, &mut sel_rng),
+                    Order::Second => {
+                        arch_grads_second(&net, &w_optim, lr, train.clone(), valid, &mut sel_rng)
+                    }
+                };
+                net = a_optim.step(r.arch_lr, net, grads);
+            }
+            let (mut grads, loss, logits) = weight_grads(&net, train, &mut sel_rng);
+            let loss_v = scalar(loss.inner());
+            if !loss_v.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFinite {
+                    value: loss_v,
+                    epoch: epoch + 1,
+                    batch: b + 1,
+                    last_good: epoch,
+                    dir: out.clone(),
+                });
+            }
+            clip_grad_norm(&net.weights, &mut grads, r.grad_clip);
+            net = w_optim.step(lr, net, grads);
+            let l: Vec<f32> = logits.inner().into_data().iter::<f32>().collect();
+            let labels: Vec<usize> = w_idx.iter().map(|&i| dataset.train.labels[i]).collect();
+            correct += argmax_correct(&l, &labels, cfg.classes.len());
+            loss_sum += loss_v as f64 * w_idx.len() as f64;
+            seen += w_idx.len();
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3}",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let valid_net = net.valid();
+        let (valid_loss, valid_acc) =
+            evaluate(&valid_net, &dataset.train, &arch_half, &cfg, device);
+        let genotype = valid_net.genotype();
+        let edge_norm = valid_net.weights.edge_norm;
+        let normal = valid_net.arch.cell_weights(false, edge_norm);
+        let reduce = valid_net.arch.cell_weights(true, edge_norm);
+        let m = SearchMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            valid_loss,
+            valid_acc,
+            lr,
+            arch_updated: search_arch,
+            genotype: genotype.to_darts(),
+            alpha_entropy: Entropy {
+                normal: normal.entropy(),
+                reduce: reduce.entropy(),
+            },
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        println!(
+            "epoch {}/{} train_loss={:.4} train_acc={:.4} valid_loss={:.4} valid_acc={:.4} entropy={:.4}/{:.4} seconds={:.1}",
+            m.epoch,
+            r.epochs,
+            m.train_loss,
+            m.train_acc,
+            m.valid_loss,
+            m.valid_acc,
+            m.alpha_entropy.normal,
+            m.alpha_entropy.reduce,
+            m.seconds
+        );
+        println!("genotype = {}", m.genotype);
+        metrics.push(m);
+        write_atomic(&out.join("genotype.json"), genotype.to_json().as_bytes())?;
+        let alphas = AlphasFile {
+            epoch: epoch + 1,
+            primitives: splitnas_models::Primitive::ALL
+                .iter()
+                .map(|p| p.name().to_string())
+                .collect(),
+            normal,
+            reduce,
+        };
+        write_atomic(
+            &out.join("alphas.json"),
+            serde_json::to_string_pretty(&alphas)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        checkpoint::save_search_epoch::<B, _, _, _, _>(
+            out,
+            epoch + 1,
+            &net,
+            &w_optim,
+            &a_optim,
+            &metrics,
+        )?;
+        if abort_after == Some(epoch + 1) {
+            // Test hook: simulate a kill right after a checkpoint.
+            std::process::abort();
+        }
+    }
+    let genotype = net.valid().genotype();
+    Ok(SearchSummary {
+        metrics,
+        genotype,
+        out: out.clone(),
+    })
+}
