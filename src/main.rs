@@ -10,8 +10,16 @@ use splitnas_search::device::DeviceKind;
 use splitnas_search::mixed_op::SelectorKind;
 use splitnas_search::search::{search, SearchOptions, SearchRecipe};
 use splitnas_search::supernet::SupernetConfig;
+
 use splitnas_search::train::{train, TrainOptions, TrainRecipe};
 use std::path::PathBuf;
+
+/// mimalloc instead of the system allocator: Burn allocates a fresh buffer for
+/// most tensor operations, and glibc returns large ones to the OS on every free
+/// (page faults on every reuse); mimalloc keeps them, about 2x on element-wise
+/// forward + backward.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -368,7 +376,14 @@ fn default_job() -> Result<()> {
     })
 }
 
+/// `mi_option_purge_delay` (the same index in mimalloc v2 and v3 headers).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Never hand freed pages back to the OS: training reuses the same buffer
+    // sizes every step, and re-faulting them cost about 10% of a search step.
+    // SAFETY: sets a process-wide allocator option; no allocation is in flight.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -11,7 +11,9 @@
 
 pub mod bn;
 pub mod cell;
+pub mod fastconv;
 pub mod genotype;
+pub mod graph;
 pub mod network;
 mod notation;
 pub mod ops;

@@ -3,6 +3,7 @@
 
 use crate::bn::{BatchNorm2d, BatchNorm2dConfig};
 use crate::cell::{Cell, CellShape};
+use crate::fastconv::conv_forward;
 use crate::genotype::Genotype;
 use crate::ops::conv;
 use burn::config::Config;
@@ -192,8 +193,8 @@ impl<B: Backend> AuxiliaryHead<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let s = self.pool_stride;
         let x = avg_pool2d(relu(x), [5, 5], [s, s], [0, 0], false, false);
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
-        let x = relu(self.bn2.forward(self.conv2.forward(x)));
+        let x = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        let x = relu(self.bn2.forward(conv_forward(&self.conv2, x)));
         let [n, c, h, w] = x.dims();
         self.classifier.forward(x.reshape([n, c * h * w]))
     }
@@ -227,7 +228,8 @@ impl<B: Backend> Network<B> {
         x: Tensor<B, 4>,
         drop_prob: f64,
     ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-        let s = self.stem_bn.forward(self.stem_conv.forward(x));
+        let _tie = crate::graph::tie_parameters(self, &x.device());
+        let s = self.stem_bn.forward(conv_forward(&self.stem_conv, x));
         let (mut s0, mut s1) = (s.clone(), s);
         let mut aux = None;
         let training = B::ad_enabled(&s0.device());

@@ -4,6 +4,7 @@
 //! (evaluation network) or without (search supernet).
 
 use crate::bn::{BatchNorm2d, BatchNorm2dConfig};
+use crate::fastconv::conv_forward;
 use crate::genotype::Primitive;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -67,7 +68,7 @@ impl<B: Backend> ReluConvBn<B> {
     /// # Shapes
     /// `[N, c_in, H, W] -> [N, c_out, H', W']`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(relu(x)))
+        self.bn.forward(conv_forward(&self.conv, relu(x)))
     }
 }
 
@@ -100,8 +101,8 @@ impl<B: Backend> FactorizedReduce<B> {
         let [_, _, h, w] = x.dims();
         let [n, c, _, _] = x.dims();
         let shifted = x.clone().slice([0..n, 0..c, 1..h, 1..w]);
-        let a = self.conv1.forward(x);
-        let b = self.conv2.forward(shifted);
+        let a = conv_forward(&self.conv1, x);
+        let b = conv_forward(&self.conv2, shifted);
         self.bn.forward(Tensor::cat(vec![a, b], 1))
     }
 }
@@ -143,9 +144,9 @@ impl<B: Backend> SepConv<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = self
             .bn1
-            .forward(self.pw1.forward(self.dw1.forward(relu(x))));
+            .forward(conv_forward(&self.pw1, conv_forward(&self.dw1, relu(x))));
         self.bn2
-            .forward(self.pw2.forward(self.dw2.forward(relu(x))))
+            .forward(conv_forward(&self.pw2, conv_forward(&self.dw2, relu(x))))
     }
 }
 
@@ -174,7 +175,8 @@ impl<B: Backend> DilConv<B> {
     /// # Shapes
     /// `[N, C, H, W] -> [N, C, H/s, W/s]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.pw.forward(self.dw.forward(relu(x))))
+        self.bn
+            .forward(conv_forward(&self.pw, conv_forward(&self.dw, relu(x))))
     }
 }
 

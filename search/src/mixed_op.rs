@@ -162,10 +162,10 @@ impl<B: Backend> MixedOp<B> {
         let ck = c / k;
         match self.selector {
             SelectorKind::Split => {
-                let selected = x.clone().slice([0..n, 0..ck, 0..h, 0..w]);
+                let selected = contiguous(x.clone().slice([0..n, 0..ck, 0..h, 0..w]));
                 let bypass = x.slice([0..n, ck..c, 0..h, 0..w]);
-                let merged =
-                    Tensor::cat(vec![self.op_sum(selected, weights), self.bypass(bypass)], 1);
+                let summed = contiguous(self.op_sum(selected, weights));
+                let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
                 channel_shuffle(merged, k)
             }
             SelectorKind::Random => {
@@ -178,8 +178,8 @@ impl<B: Backend> MixedOp<B> {
                 };
                 let selected = x.clone().select(1, index(&perm[..ck]));
                 let bypass = x.select(1, index(&perm[ck..]));
-                let merged =
-                    Tensor::cat(vec![self.op_sum(selected, weights), self.bypass(bypass)], 1);
+                let summed = contiguous(self.op_sum(selected, weights));
+                let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
                 // merged channel j came from input channel perm[j]: put it back there.
                 let mut inverse = vec![0usize; c];
                 for (j, &p) in perm.iter().enumerate() {
@@ -218,6 +218,17 @@ impl<B: Backend> MixedOp<B> {
         };
         max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
     }
+}
+
+/// The same values in a freshly laid out buffer, and the same for the gradient on
+/// the way back. A channel slice (or the gradient of one, out of `cat`) is a
+/// strided view; flex runs element-wise operations on views through a per-element
+/// index iterator, several times slower than on contiguous data, and the 7
+/// operations of an edge would each pay that. Reshaping to 1-D and back makes
+/// flex (and ndarray) copy the view once with a tiled copy.
+pub fn contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dims = x.dims();
+    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use burn::tensor::{Distribution, Tensor};
 use rand::rngs::StdRng;
 use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
 use splitnas_models::cell::{Preprocess, Shortcut};
+use splitnas_models::fastconv::conv_forward;
 use splitnas_models::network::reduction_layers;
 use splitnas_models::ops::{conv, ReluConvBn};
 use splitnas_models::{CellGenotype, Genotype, Primitive};
@@ -375,10 +376,11 @@ impl<B: Backend> Supernet<B> {
     /// # Shapes
     /// `[N, in_channels, H, W] -> [N, classes]`
     pub fn forward(&self, x: Tensor<B, 4>, rng: &mut StdRng) -> Tensor<B, 2> {
+        let _tie = splitnas_models::graph::tie_parameters(self, &x.device());
         let w = &self.weights;
         let (an, bn) = self.arch.weights(false, w.edge_norm);
         let (ar, br) = self.arch.weights(true, w.edge_norm);
-        let s = w.stem_bn.forward(w.stem_conv.forward(x));
+        let s = w.stem_bn.forward(conv_forward(&w.stem_conv, x));
         let (mut s0, mut s1) = (s.clone(), s);
         for cell in &w.cells {
             let (a, b) = if cell.reduction {

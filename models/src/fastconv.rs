@@ -1,0 +1,456 @@
+//! 2-D convolution with a fast backward pass on the CPU backends.
+//!
+//! Burn 0.21's autodiff differentiates a convolution through the backend's
+//! `conv_transpose2d` (input gradient) and a grouped convolution whose kernel is
+//! the whole output map (weight gradient). On the CPU backends both are slow for
+//! the shapes DARTS uses: flex's transposed convolution runs one small GEMM per
+//! (image, group) on a single thread, so a depthwise 3x3 on [64, 4, 32, 32] spent
+//! 17 ms in backward against 1 ms forward.
+//!
+//! [`conv2d`] keeps Burn's forward convolution and registers its own backward
+//! step for `Autodiff<Flex>` and `Autodiff<NdArray>`, built only from forward
+//! operations the backends are fast at:
+//! * input gradient = convolution of the (zero-interleaved, for stride > 1)
+//!   output gradient with the flipped kernel (transposed in the channel axes for
+//!   dense convolutions), padding `dilation * (kernel - 1) - padding`;
+//! * depthwise weight gradient = a depthwise convolution of the input with the
+//!   output gradient as kernel (batch folded into channels, then summed);
+//! * 1x1 weight gradient = one batched matrix product.
+//!
+//! Other backends (CUDA, wgpu), convolutions with bias, groups other than 1 or
+//! depthwise, and asymmetric options use Burn's own convolution unchanged.
+//! `tests::backward_matches_burn` checks the gradients against Burn's.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::{Flex, NdArray};
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+/// The forward pass of `conv` on `x`, with the fast backward where available.
+pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => t,
+        PaddingConfig2d::Valid => 0,
+        _ => return conv.forward(x),
+    };
+    if conv.bias.is_some() {
+        return conv.forward(x);
+    }
+    let options = ConvOptions::new(conv.stride, [padding; 2], conv.dilation, conv.groups);
+    conv2d(x, conv.weight.val(), options)
+}
+
+/// `burn::tensor::module::conv2d` without bias, with the fast backward where available.
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    if !supported(&x.dims(), &weight.dims(), &options) {
+        return burn::tensor::module::conv2d(x, weight, None, options);
+    }
+    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
+        return via::<B, Flex>(x, weight, options);
+    }
+    if TypeId::of::<B>() == TypeId::of::<Autodiff<NdArray>>() {
+        return via::<B, NdArray>(x, weight, options);
+    }
+    burn::tensor::module::conv2d(x, weight, None, options)
+}
+
+/// Square options, dense or depthwise, and a non-negative transposed padding.
+fn supported(x: &[usize; 4], w: &[usize; 4], o: &ConvOptions<2>) -> bool {
+    let square = o.stride[0] == o.stride[1]
+        && o.padding[0] == o.padding[1]
+        && o.dilation[0] == o.dilation[1]
+        && w[2] == w[3];
+    let depthwise = o.groups == x[1] && w[0] == x[1] && w[1] == 1;
+    let dense = o.groups == 1 && w[1] == x[1];
+    square && (depthwise || dense) && o.dilation[0] * (w[2] - 1) >= o.padding[0]
+}
+
+/// Moves a value between two types that `TypeId` has shown to be the same.
+fn same<T: 'static, U: 'static>(value: T) -> U {
+    let boxed: Box<dyn Any> = Box::new(value);
+    *boxed
+        .downcast::<U>()
+        .expect("caller checked the TypeIds are equal")
+}
+
+fn via<B: Backend, I: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    let x = same::<_, Tensor<Autodiff<I>, 4>>(x);
+    let w = same::<_, Tensor<Autodiff<I>, 4>>(w);
+    same(conv2d_autodiff::<I>(x, w, options))
+}
+
+#[derive(Debug)]
+struct FastConv2d;
+
+impl<I: Backend> Backward<I, 2> for FastConv2d {
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w] = ops.parents;
+        let grad = float::<I>(grads.consume::<I>(&ops.node));
+        let (x_state, w_state, options) = ops.state;
+        let x = float::<I>(checkpointer.retrieve_node_output(x_state));
+        let w = float::<I>(checkpointer.retrieve_node_output(w_state));
+        if let Some(node) = node_x {
+            let gx = input_grad(&x.dims(), w.clone(), grad.clone(), &options);
+            grads.register::<I>(node.id, gx.into_primitive().tensor());
+        }
+        if let Some(node) = node_w {
+            let gw = weight_grad(x, &w.dims(), grad, &options);
+            grads.register::<I>(node.id, gw.into_primitive().tensor());
+        }
+    }
+}
+
+fn float<I: Backend>(t: I::FloatTensorPrimitive) -> Tensor<I, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn conv2d_autodiff<I: Backend>(
+    x: Tensor<Autodiff<I>, 4>,
+    w: Tensor<Autodiff<I>, 4>,
+    options: ConvOptions<2>,
+) -> Tensor<Autodiff<I>, 4> {
+    let x = x.into_primitive().tensor();
+    let w = w.into_primitive().tensor();
+    let out = match FastConv2d
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let w_state = prep.checkpoint(&w);
+            let out = I::conv2d(x.primitive, w.primitive, None, options.clone());
+            prep.finish((x_state, w_state, options), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(I::conv2d(x.primitive, w.primitive, None, options)),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// d loss / d x: the output gradient, zero-interleaved by the stride, convolved
+/// with the flipped kernel; rows and columns past the input size are cut.
+fn input_grad<I: Backend>(
+    x_dims: &[usize; 4],
+    w: Tensor<I, 4>,
+    grad: Tensor<I, 4>,
+    o: &ConvOptions<2>,
+) -> Tensor<I, 4> {
+    let [_, _, h, wd] = *x_dims;
+    let [n, c_out, ho, wo] = grad.dims();
+    let (s, p, d, k) = (o.stride[0], o.padding[0], o.dilation[0], w.dims()[2]);
+    let grad = if s > 1 {
+        let device = grad.device();
+        let g = grad.reshape([n, c_out, ho, 1, wo, 1]);
+        let g = Tensor::cat(
+            vec![g, Tensor::zeros([n, c_out, ho, 1, wo, s - 1], &device)],
+            5,
+        );
+        let g = Tensor::cat(
+            vec![g, Tensor::zeros([n, c_out, ho, s - 1, wo, s], &device)],
+            3,
+        );
+        g.reshape([n, c_out, ho * s, wo * s])
+    } else {
+        grad
+    };
+    let flipped = if o.groups == 1 {
+        w.swap_dims(0, 1).flip([2, 3])
+    } else {
+        w.flip([2, 3])
+    };
+    let pt = d * (k - 1) - p;
+    let out = I::conv2d(
+        grad.into_primitive().tensor(),
+        flipped.into_primitive().tensor(),
+        None,
+        ConvOptions::new([1, 1], [pt, pt], [d, d], o.groups),
+    );
+    let out = float::<I>(out);
+    let [_, _, oh, ow] = out.dims();
+    if oh == h && ow == wd {
+        out
+    } else {
+        out.slice([0..n, 0..x_dims[1], 0..h, 0..wd])
+    }
+}
+
+/// d loss / d weight.
+fn weight_grad<I: Backend>(
+    x: Tensor<I, 4>,
+    w_dims: &[usize; 4],
+    grad: Tensor<I, 4>,
+    o: &ConvOptions<2>,
+) -> Tensor<I, 4> {
+    let [n, c_in, _, _] = x.dims();
+    let [_, c_out, ho, wo] = grad.dims();
+    let (s, p, d, k) = (o.stride[0], o.padding[0], o.dilation[0], w_dims[2]);
+    if o.groups == 1 && k == 1 && p == 0 {
+        // 1x1: sum over images of grad [O, HW] x input^T [HW, I].
+        let xs = if s > 1 {
+            let (eh, ew) = ((ho - 1) * s + 1, (wo - 1) * s + 1);
+            x.slice(burn::tensor::s![.., .., 0..eh;s, 0..ew;s])
+        } else {
+            x
+        };
+        let g = grad.reshape([n, c_out, ho * wo]);
+        let xt = xs.reshape([n, c_in, ho * wo]).swap_dims(1, 2);
+        return g.matmul(xt).sum_dim(0).reshape([c_out, c_in, 1, 1]);
+    }
+    // Correlate input with output gradient: the gradient plays the kernel,
+    // stride and dilation swap roles.
+    let corr = |input: Tensor<I, 4>, kernel: Tensor<I, 4>, groups: usize| {
+        float::<I>(I::conv2d(
+            input.into_primitive().tensor(),
+            kernel.into_primitive().tensor(),
+            None,
+            ConvOptions::new([d, d], [p, p], [s, s], groups),
+        ))
+    };
+    if o.groups == 1 {
+        // [I, N, H, W] (*) [O, N, Ho, Wo] -> [I, O, k, k]
+        let out = corr(x.swap_dims(0, 1), grad.swap_dims(0, 1), 1);
+        out.slice([0..c_in, 0..c_out, 0..k, 0..k]).swap_dims(0, 1)
+    } else {
+        depthwise_weight_grad(x, grad, k, s, p, d)
+    }
+}
+
+/// Depthwise weight gradient, `gw[c, i, j] = sum_{n, oh, ow} x[n, c, oh*s + i*d - p,
+/// ow*s + j*d - p] * grad[n, c, oh, ow]`, computed directly on host memory (this
+/// path only serves the CPU backends), channels split over the available cores.
+/// As a convolution it would have the whole output map as kernel, which flex
+/// runs 5x slower than this loop.
+fn depthwise_weight_grad<I: Backend>(
+    x: Tensor<I, 4>,
+    grad: Tensor<I, 4>,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+) -> Tensor<I, 4> {
+    let device = x.device();
+    let [n, c, h, w] = x.dims();
+    let [_, _, ho, wo] = grad.dims();
+    let xs: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 data");
+    let gs: Vec<f32> = grad
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 data");
+    let mut out = vec![0f32; c * k * k];
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(c);
+    let per = c.div_ceil(threads);
+    let geometry = Geometry {
+        n,
+        c,
+        h,
+        w,
+        ho,
+        wo,
+        k,
+        s,
+        p,
+        d,
+    };
+    std::thread::scope(|scope| {
+        for (t, chunk) in out.chunks_mut(per * k * k).enumerate() {
+            let (xs, gs, geometry) = (&xs, &gs, &geometry);
+            scope.spawn(move || {
+                for (local, acc) in chunk.chunks_mut(k * k).enumerate() {
+                    geometry.channel(t * per + local, xs, gs, acc);
+                }
+            });
+        }
+    });
+    Tensor::from_data(burn::tensor::TensorData::new(out, [c, 1, k, k]), &device)
+}
+
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+}
+
+impl Geometry {
+    /// Accumulates the k*k weight gradient of channel `ci` into `acc`.
+    fn channel(&self, ci: usize, xs: &[f32], gs: &[f32], acc: &mut [f32]) {
+        let Geometry {
+            n,
+            c,
+            h,
+            w,
+            ho,
+            wo,
+            k,
+            s,
+            p,
+            d,
+        } = *self;
+        for ni in 0..n {
+            let xp = &xs[(ni * c + ci) * h * w..][..h * w];
+            let gp = &gs[(ni * c + ci) * ho * wo..][..ho * wo];
+            for i in 0..k {
+                for oh in 0..ho {
+                    let r = (oh * s + i * d) as isize - p as isize;
+                    if r < 0 || r >= h as isize {
+                        continue;
+                    }
+                    let xrow = &xp[r as usize * w..][..w];
+                    let grow = &gp[oh * wo..][..wo];
+                    for j in 0..k {
+                        // output columns whose input column ow*s + j*d - p lies inside
+                        let shift = j * d;
+                        let lo = p.saturating_sub(shift).div_ceil(s);
+                        let hi = if w + p > shift {
+                            ((w - 1 + p - shift) / s + 1).min(wo)
+                        } else {
+                            0
+                        };
+                        if lo >= hi {
+                            continue;
+                        }
+                        let start = lo * s + shift - p;
+                        acc[i * k + j] += if s == 1 {
+                            dot(&xrow[start..start + (hi - lo)], &grow[lo..hi])
+                        } else {
+                            (lo..hi)
+                                .map(|ow| xrow[ow * s + shift - p] * grow[ow])
+                                .sum::<f32>()
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dot product with 8 independent partial sums, so the compiler vectorizes it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type A = Autodiff<Flex>;
+
+    /// Gradients of sum(conv(x, w) * r) from the fast path against Burn's own
+    /// convolution backward (an independent implementation).
+    fn compare(x_dims: [usize; 4], w_dims: [usize; 4], o: ConvOptions<2>) {
+        let dev = Default::default();
+        let x = Tensor::<A, 4>::random(x_dims, Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<A, 4>::random(w_dims, Distribution::Normal(0.0, 1.0), &dev);
+        assert!(
+            supported(&x_dims, &w_dims, &o),
+            "{x_dims:?} {w_dims:?} {o:?}"
+        );
+        let reference =
+            burn::tensor::module::conv2d(x.clone().detach(), w.clone().detach(), None, o.clone());
+        let r = Tensor::<A, 4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &dev);
+        let run = |fast: bool| {
+            let (x, w) = (
+                x.clone().detach().require_grad(),
+                w.clone().detach().require_grad(),
+            );
+            let y = if fast {
+                conv2d(x.clone(), w.clone(), o.clone())
+            } else {
+                burn::tensor::module::conv2d(x.clone(), w.clone(), None, o.clone())
+            };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap(), w.grad(&grads).unwrap())
+        };
+        let (y1, gx1, gw1) = run(true);
+        let (y0, gx0, gw0) = run(false);
+        let tol = Tolerance::<f32>::absolute(1e-3);
+        y1.into_data().assert_approx_eq(&y0.into_data(), tol);
+        gx1.into_data().assert_approx_eq(&gx0.into_data(), tol);
+        gw1.into_data().assert_approx_eq(&gw0.into_data(), tol);
+    }
+
+    #[test]
+    fn backward_matches_burn_for_every_darts_convolution() {
+        let opts =
+            |s: usize, p: usize, d: usize, g: usize| ConvOptions::new([s, s], [p, p], [d, d], g);
+        for &(h, s) in &[(8usize, 1usize), (8, 2), (7, 2), (5, 1)] {
+            // depthwise 3x3 / 5x5, plain and dilated
+            compare([3, 4, h, h], [4, 1, 3, 3], opts(s, 1, 1, 4));
+            compare([3, 4, h, h], [4, 1, 5, 5], opts(s, 2, 1, 4));
+            compare([3, 4, h, h], [4, 1, 3, 3], opts(s, 2, 2, 4));
+            compare([3, 4, h, h], [4, 1, 5, 5], opts(s, 4, 2, 4));
+            // 1x1 (pointwise, FactorizedReduce) and a dense 3x3 (stem)
+            compare([3, 4, h, h], [6, 4, 1, 1], opts(s, 0, 1, 1));
+            compare([3, 3, h, h], [5, 3, 3, 3], opts(s, 1, 1, 1));
+        }
+    }
+
+    #[test]
+    fn unsupported_shapes_fall_back() {
+        // grouped (not depthwise) and asymmetric options keep Burn's convolution
+        assert!(!supported(
+            &[1, 4, 8, 8],
+            &[4, 2, 3, 3],
+            &ConvOptions::new([1, 1], [1, 1], [1, 1], 2)
+        ));
+        assert!(!supported(
+            &[1, 4, 8, 8],
+            &[4, 4, 3, 3],
+            &ConvOptions::new([1, 2], [1, 1], [1, 1], 1)
+        ));
+        let dev = Default::default();
+        let x = Tensor::<A, 4>::ones([1, 4, 8, 8], &dev);
+        let w = Tensor::<A, 4>::ones([4, 2, 3, 3], &dev);
+        assert_eq!(
+            conv2d(x, w, ConvOptions::new([1, 1], [1, 1], [1, 1], 2)).dims(),
+            [1, 4, 8, 8]
+        );
+    }
+}
