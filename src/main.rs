@@ -1,8 +1,9 @@
 //! The `splitnas` command line: flag parsing and calls into the library crates.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use splitnas_models::Genotype;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use splitnas_export::{export, Metadata};
+use splitnas_models::{Genotype, NetworkConfig};
 use splitnas_search::architect::Order;
 use splitnas_search::bench::{bench_search, bench_train, SearchBench, TrainBench};
 use splitnas_search::data::{self, DataOptions, DatasetKind};
@@ -11,7 +12,7 @@ use splitnas_search::mixed_op::SelectorKind;
 use splitnas_search::search::{search, SearchOptions, SearchRecipe};
 use splitnas_search::supernet::SupernetConfig;
 
-use splitnas_search::train::{train, TrainOptions, TrainRecipe};
+use splitnas_search::train::{load_run, train, TrainOptions, TrainRecipe};
 use std::path::PathBuf;
 
 /// mimalloc instead of the system allocator: Burn allocates a fresh buffer for
@@ -38,6 +39,8 @@ enum Command {
     Search(SearchArgs),
     /// Train the network of a genotype from scratch on a data set.
     Train(TrainArgs),
+    /// Export a trained run (or a genotype with seeded weights) to one ONNX file.
+    Export(ExportArgs),
     /// Inspect genotypes.
     #[command(subcommand)]
     Genotype(GenotypeCmd),
@@ -176,6 +179,42 @@ struct SearchArgs {
     /// Continue the search in --out after its last checkpoint.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["run", "genotype"])))]
+struct ExportArgs {
+    /// Training run directory (the --out of `splitnas train`): its config.json and model.mpk.
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Instead of --run: a genotype (zoo name or file) with seeded initial weights, an
+    /// untrained template (metadata: mean 0, std 1, classes class0..).
+    #[arg(long)]
+    genotype: Option<String>,
+    /// Seed of the template's initial weights.
+    #[arg(long, default_value_t = 0, conflicts_with = "run")]
+    init_seed: u64,
+    /// Template: initial channels C.
+    #[arg(long, default_value_t = 16, conflicts_with = "run")]
+    channels: usize,
+    /// Template: cells L.
+    #[arg(long, default_value_t = 8, conflicts_with = "run")]
+    layers: usize,
+    /// Template: input channels (1 gray, 3 RGB).
+    #[arg(long, default_value_t = 3, conflicts_with = "run")]
+    in_channels: usize,
+    /// Template: input image side.
+    #[arg(long, default_value_t = 32, conflicts_with = "run")]
+    image_size: usize,
+    /// Template: classes.
+    #[arg(long, default_value_t = 10, conflicts_with = "run")]
+    classes: usize,
+    /// Template: CSC-DARTS identity connection in every cell.
+    #[arg(long, conflicts_with = "run")]
+    identity: bool,
+    /// The ONNX file to write (written to a temporary name, then renamed).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -336,6 +375,54 @@ fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_export(a: ExportArgs) -> Result<()> {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let (cfg, net, meta) = match (&a.run, &a.genotype) {
+        (Some(dir), _) => {
+            let (run, net) =
+                load_run::<B>(dir, &device).with_context(|| format!("--run {}", dir.display()))?;
+            let meta = Metadata {
+                genotype: run.genotype_darts.clone(),
+                mean: run.mean.clone(),
+                std: run.std.clone(),
+                classes: run.classes.clone(),
+                dataset: run.dataset.clone(),
+            };
+            (run.network, net, meta)
+        }
+        (None, Some(g)) => {
+            let cfg = NetworkConfig::new(Genotype::resolve(g).context("--genotype")?)
+                .with_channels(a.channels)
+                .with_layers(a.layers)
+                .with_in_channels(a.in_channels)
+                .with_image_size(a.image_size)
+                .with_classes(a.classes)
+                .with_identity(a.identity);
+            <B as burn::tensor::backend::Backend>::seed(&device, a.init_seed);
+            let net = cfg.init::<B>(&device)?;
+            let meta = Metadata::untrained(&cfg);
+            (cfg, net, meta)
+        }
+        (None, None) => bail!("give --run DIR or --genotype NAME|FILE"),
+    };
+    let r =
+        export(&net, &cfg, &meta, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
+    println!("exported {} to {}", meta.genotype, r.path.display());
+    println!(
+        "parameters: {} ({} before BatchNorm folding; auxiliary head dropped)",
+        r.parameters, r.parameters_before
+    );
+    println!("MACs per image: {} ({:.1} M)", r.macs, r.macs as f64 / 1e6);
+    println!("file size: {} bytes", r.file_bytes);
+    println!("nodes: {}", r.nodes);
+    println!(
+        "parameters={} macs={} file_bytes={} nodes={} seconds={:.3}",
+        r.parameters, r.macs, r.file_bytes, r.nodes, r.seconds
+    );
+    Ok(())
+}
+
 /// No arguments: a short, real training run of DARTS_V2 on Fashion-MNIST.
 fn default_job() -> Result<()> {
     let have_fmnist = std::path::Path::new(data::FASHION_MNIST_DIR)
@@ -396,6 +483,7 @@ fn real_main() -> Result<()> {
         None => default_job(),
         Some(Command::Search(a)) => run_search(a),
         Some(Command::Train(a)) => run_train(a),
+        Some(Command::Export(a)) => run_export(a),
         Some(Command::Genotype(GenotypeCmd::Show { genotype, format })) => {
             let g = Genotype::resolve(&genotype)?;
             match format {

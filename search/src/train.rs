@@ -598,6 +598,100 @@ pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
     })
 }
 
+/// Parameter paths and shapes of a module, in visiting order.
+#[derive(Default)]
+struct Shapes {
+    path: Vec<String>,
+    params: Vec<(String, Vec<usize>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Shapes {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.params.push((
+            self.path.join("."),
+            param.shape().iter().copied().collect::<Vec<usize>>(),
+        ));
+    }
+}
+
+fn shapes<B: Backend, M: burn::module::Module<B>>(m: &M) -> Vec<(String, Vec<usize>)> {
+    let mut v = Shapes::default();
+    m.visit(&mut v);
+    v.params
+}
+
+/// Loads the trained network of the run in `dir` for inference: `config.json` and
+/// `model.mpk` (the weights of the last finished epoch). Checks that every weight has the
+/// shape the run's genotype and sizes need.
+pub fn load_run<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(RunConfig, Network<B>), TrainError> {
+    if !dir.is_dir() {
+        return Err(TrainError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such run directory (expected the --out of `splitnas train`)",
+            ),
+        });
+    }
+    let cfg = read_config(dir)?;
+    let path = dir.join("config.json");
+    cfg.network.validate().map_err(|e| TrainError::Corrupt {
+        path: path.clone(),
+        problem: e.to_string(),
+    })?;
+    if cfg.mean.len() != cfg.network.in_channels
+        || cfg.std.len() != cfg.network.in_channels
+        || cfg.classes.len() != cfg.network.classes
+    {
+        return Err(TrainError::Corrupt {
+            path,
+            problem: format!(
+                "mean/std ({}/{} values) or class names ({}) do not fit the network ({} input channels, {} classes)",
+                cfg.mean.len(),
+                cfg.std.len(),
+                cfg.classes.len(),
+                cfg.network.in_channels,
+                cfg.network.classes
+            ),
+        });
+    }
+    let fresh: Network<B> = cfg.network.init(device)?;
+    let expected = shapes(&fresh);
+    let weights = dir.join("model.mpk");
+    let net = checkpoint::load_module(fresh, &weights, device)?;
+    let found = shapes(&net);
+    if found.len() != expected.len() {
+        return Err(TrainError::Corrupt {
+            path: weights,
+            problem: format!(
+                "{} weight tensors, the genotype in config.json needs {}: the weights belong to another network",
+                found.len(),
+                expected.len()
+            ),
+        });
+    }
+    for ((name, want), (_, got)) in expected.iter().zip(&found) {
+        if want != got {
+            return Err(TrainError::Corrupt {
+                path: weights,
+                problem: format!(
+                    "weight {name} has shape {got:?} but the genotype in config.json needs {want:?}: the weights belong to another network"
+                ),
+            });
+        }
+    }
+    Ok((cfg, net))
+}
+
 pub(crate) fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
