@@ -408,7 +408,7 @@ fn run_export(a: ExportArgs) -> Result<()> {
     };
     let r =
         export(&net, &cfg, &meta, &a.out).with_context(|| format!("--out {}", a.out.display()))?;
-    println!("exported {} to {}", meta.genotype, r.path.display());
+    println!("wrote {} (genotype {})", r.path.display(), meta.genotype);
     println!(
         "parameters: {} ({} before BatchNorm folding; auxiliary head dropped)",
         r.parameters, r.parameters_before
@@ -472,7 +472,15 @@ fn main() {
     // SAFETY: sets a process-wide allocator option; no allocation is in flight.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     if let Err(e) = real_main() {
-        eprintln!("error: {e:#}");
+        // The chain, leaving out causes a message already quotes.
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg = format!("{msg}: {c}");
+            }
+        }
+        eprintln!("error: {msg}");
         std::process::exit(1);
     }
 }

@@ -8,7 +8,7 @@
 use crate::train::TrainError;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -89,12 +89,107 @@ fn load_rec<B: Backend, R: burn::record::Record<B>>(
         })
 }
 
-/// Loads module weights from a record file.
+/// The first difference between the structure of two decoded records: map keys (field and
+/// enum variant names), list lengths, value kinds and every `shape` entry. Tensor bytes and
+/// other values are not compared.
+fn structure_diff(expected: &rmpv::Value, found: &rmpv::Value, path: &str) -> Option<String> {
+    use rmpv::Value as V;
+    let at = |p: &str| {
+        if p.is_empty() {
+            "the top level".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    match (expected, found) {
+        (V::Map(e), V::Map(f)) => {
+            let key = |k: &V| {
+                k.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| k.to_string())
+            };
+            let ek: Vec<String> = e.iter().map(|(k, _)| key(k)).collect();
+            let fk: Vec<String> = f.iter().map(|(k, _)| key(k)).collect();
+            let mut es = ek.clone();
+            let mut fs = fk.clone();
+            es.sort();
+            fs.sort();
+            if es != fs {
+                return Some(format!("{} has {fs:?}, the network needs {es:?}", at(path)));
+            }
+            for (k, ev) in e {
+                let name = key(k);
+                let fv = f.iter().find(|(k2, _)| key(k2) == name).map(|(_, v)| v)?;
+                let sub = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                if name == "shape" && ev != fv {
+                    return Some(format!("{sub} is {fv}, the network needs {ev}"));
+                }
+                if name != "id" {
+                    if let Some(d) = structure_diff(ev, fv, &sub) {
+                        return Some(d);
+                    }
+                }
+            }
+            None
+        }
+        (V::Array(e), V::Array(f)) => {
+            if e.len() != f.len() {
+                return Some(format!(
+                    "{} has {} entries, the network needs {}",
+                    at(path),
+                    f.len(),
+                    e.len()
+                ));
+            }
+            e.iter()
+                .zip(f)
+                .enumerate()
+                .find_map(|(i, (a, b))| structure_diff(a, b, &format!("{path}.{i}")))
+        }
+        (V::Nil, V::Nil) => None,
+        (V::Nil, _) => Some(format!("{} is in the file, the network has none", at(path))),
+        (_, V::Nil) => Some(format!(
+            "{} is missing from the file, the network needs it",
+            at(path)
+        )),
+        (V::Map(_) | V::Array(_), _) | (_, V::Map(_) | V::Array(_)) => Some(format!(
+            "{} has another kind of value than the network needs",
+            at(path)
+        )),
+        _ => None,
+    }
+}
+
+/// Loads module weights from a record file, after checking that the file's structure
+/// (fields, enum variants, list lengths, tensor shapes) is the module's.
 pub fn load_module<B: Backend, M: Module<B>>(
     module: M,
     path: &Path,
     device: &B::Device,
 ) -> Result<M, TrainError> {
+    let corrupt = |problem: String| TrainError::Corrupt {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let expected = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .record(module.clone().into_record(), ())
+        .map_err(|e| corrupt(format!("cannot encode the network's record: {e}")))?;
+    if path.exists() {
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let decode = |b: &[u8]| rmpv::decode::read_value(&mut &*b);
+        let found = decode(&bytes)
+            .map_err(|e| corrupt(format!("not a Burn record (corrupt or truncated): {e}")))?;
+        let expected = decode(&expected).map_err(|e| corrupt(format!("{e}")))?;
+        if let Some(d) = structure_diff(&expected, &found, "") {
+            return Err(corrupt(format!(
+                "the weights belong to another network (genotype or sizes differ from config.json): {d}"
+            )));
+        }
+    }
     Ok(module.load_record(load_rec::<B, M::Record>(path, device)?))
 }
 
