@@ -1,0 +1,135 @@
+//! Run-time choice of the device (and with it the Burn backend) for inference.
+
+use crate::{Model, RuntimeError};
+use std::path::Path;
+
+/// The devices `--device` accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Burn's flex CPU backend (default).
+    Cpu,
+    /// Burn's ndarray CPU backend.
+    Ndarray,
+    /// NVIDIA GPU (build with `--features cuda`).
+    Cuda,
+    /// wgpu GPU (build with `--features wgpu`).
+    Wgpu,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Self, RuntimeError> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" | "flex" => Ok(DeviceKind::Cpu),
+            "ndarray" => Ok(DeviceKind::Ndarray),
+            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
+            "wgpu" => Ok(DeviceKind::Wgpu),
+            _ => Err(RuntimeError::Device(format!(
+                "unknown device '{s}' (use cpu, ndarray, cuda or wgpu)"
+            ))),
+        }
+    }
+}
+
+/// A model loaded on one of the compiled-in backends.
+#[derive(Debug)]
+pub enum AnyModel {
+    /// Flex (CPU).
+    Cpu(Model<burn::backend::Flex>),
+    /// NdArray (CPU).
+    Ndarray(Model<burn::backend::NdArray>),
+    /// CUDA.
+    #[cfg(feature = "cuda")]
+    Cuda(Model<burn::backend::Cuda>),
+    /// wgpu.
+    #[cfg(feature = "wgpu")]
+    Wgpu(Model<burn::backend::Wgpu>),
+}
+
+macro_rules! each {
+    ($self:expr, $m:ident => $e:expr) => {
+        match $self {
+            AnyModel::Cpu($m) => $e,
+            AnyModel::Ndarray($m) => $e,
+            #[cfg(feature = "cuda")]
+            AnyModel::Cuda($m) => $e,
+            #[cfg(feature = "wgpu")]
+            AnyModel::Wgpu($m) => $e,
+        }
+    };
+}
+
+fn not_compiled(name: &str) -> RuntimeError {
+    RuntimeError::Device(format!(
+        "--device {name}: this binary was built without the '{name}' feature; rebuild with `cargo build --release --features {name}`"
+    ))
+}
+
+impl AnyModel {
+    /// Loads the ONNX bytes on `device`.
+    pub fn from_bytes(bytes: &[u8], device: DeviceKind) -> Result<Self, RuntimeError> {
+        Ok(match device {
+            DeviceKind::Cpu => AnyModel::Cpu(Model::from_bytes(bytes, &Default::default())?),
+            DeviceKind::Ndarray => {
+                AnyModel::Ndarray(Model::from_bytes(bytes, &Default::default())?)
+            }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => AnyModel::Cuda(Model::from_bytes(bytes, &Default::default())?),
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => return Err(not_compiled("cuda")),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => AnyModel::Wgpu(Model::from_bytes(bytes, &Default::default())?),
+            #[cfg(not(feature = "wgpu"))]
+            DeviceKind::Wgpu => return Err(not_compiled("wgpu")),
+        })
+    }
+
+    /// Loads the ONNX file at `path` on `device`.
+    pub fn load(path: &Path, device: DeviceKind) -> Result<Self, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, device)
+    }
+
+    /// Logits of `n` images given as flat NCHW floats.
+    pub fn run_host(&self, input: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        each!(self, m => m.run_host(input, n))
+    }
+
+    /// Runs and waits for the device (for timing): the logits are read back to the host.
+    pub fn input_shape(&self) -> [usize; 3] {
+        each!(self, m => m.input_shape())
+    }
+
+    /// Number of logits per image.
+    pub fn num_classes(&self) -> usize {
+        each!(self, m => m.num_classes())
+    }
+
+    /// Per-channel mean from the metadata.
+    pub fn mean(&self) -> Option<Vec<f32>> {
+        each!(self, m => m.mean())
+    }
+
+    /// Per-channel standard deviation from the metadata.
+    pub fn std(&self) -> Option<Vec<f32>> {
+        each!(self, m => m.std())
+    }
+
+    /// Class names from the metadata.
+    pub fn classes(&self) -> Option<Vec<String>> {
+        each!(self, m => m.classes())
+    }
+
+    /// Genotype from the metadata.
+    pub fn genotype(&self) -> Option<String> {
+        each!(self, m => m.genotype().map(str::to_string))
+    }
+
+    /// Run-time steps of the plan.
+    pub fn steps(&self) -> usize {
+        each!(self, m => m.steps())
+    }
+}
