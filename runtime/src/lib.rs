@@ -64,6 +64,44 @@ fn opset_of(model: &ModelProto) -> Result<i64, RuntimeError> {
     Ok(default)
 }
 
+/// Walks the top-level protobuf fields and checks that the last one ends exactly at the end
+/// of the bytes. rust-protobuf 3.4 accepts a message whose last length-delimited field is
+/// cut short (a truncated file), so truncation is caught here.
+fn check_wire(bytes: &[u8]) -> Result<(), RuntimeError> {
+    let varint = |i: &mut usize| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(*i)?;
+            *i += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let cut = || RuntimeError::Decode("the file ends inside a field (truncated)".into());
+    let mut i = 0usize;
+    while i < bytes.len() {
+        let key = varint(&mut i).ok_or_else(cut)?;
+        let skip = match key & 7 {
+            0 => {
+                varint(&mut i).ok_or_else(cut)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(&mut i).ok_or_else(cut)?).map_err(|_| cut())?,
+            5 => 4,
+            w => return Err(RuntimeError::Decode(format!("wire type {w} at byte {i}"))),
+        };
+        i = i.checked_add(skip).ok_or_else(cut)?;
+    }
+    if i != bytes.len() {
+        return Err(cut());
+    }
+    Ok(())
+}
+
 impl<B: Backend> Model<B> {
     /// Loads the ONNX file at `path`.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self, RuntimeError> {
@@ -76,6 +114,7 @@ impl<B: Backend> Model<B> {
 
     /// Loads an ONNX model from its bytes.
     pub fn from_bytes(bytes: &[u8], device: &B::Device) -> Result<Self, RuntimeError> {
+        check_wire(bytes)?;
         let model =
             ModelProto::parse_from_bytes(bytes).map_err(|e| RuntimeError::Decode(e.to_string()))?;
         let opset = opset_of(&model)?;

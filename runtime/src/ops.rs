@@ -42,6 +42,9 @@ pub(crate) fn registry<B: Backend>() -> HashMap<&'static str, Builder<B>> {
     r
 }
 
+/// Largest run-time tensor per image (elements) a model may ask for: 2^28 (1 GiB of f32).
+pub(crate) const MAX_ELEMENTS: usize = 1 << 28;
+
 /// What is known about a value at load time.
 #[derive(Clone, Debug)]
 pub(crate) enum Known {
@@ -217,6 +220,13 @@ impl<B: Backend> Ctx<'_, B> {
         }
         if shape.contains(&Dim::Fixed(0)) {
             return Err(n.err(format!("empty output {}", show(&shape))));
+        }
+        let per_image: Vec<usize> = shape.iter().map(|d| d.at(1)).collect();
+        if crate::value::numel(&per_image).is_none_or(|e| e > MAX_ELEMENTS) {
+            return Err(n.err(format!(
+                "output {} has more than {MAX_ELEMENTS} elements per image",
+                show(&shape)
+            )));
         }
         let out = n.output()?.to_string();
         let id = self.next_id;
