@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use splitnas_export::{export, Metadata};
 use splitnas_models::{Genotype, NetworkConfig};
+use splitnas_runtime::{input, AnyModel, DeviceKind as RuntimeDevice};
 use splitnas_search::architect::Order;
 use splitnas_search::bench::{bench_search, bench_train, SearchBench, TrainBench};
 use splitnas_search::data::{self, DataOptions, DatasetKind};
@@ -41,6 +42,8 @@ enum Command {
     Train(TrainArgs),
     /// Export a trained run (or a genotype with seeded weights) to one ONNX file.
     Export(ExportArgs),
+    /// Run an ONNX file with Burn on images or a .npy tensor and print the top classes.
+    Run(RunArgs),
     /// Inspect genotypes.
     #[command(subcommand)]
     Genotype(GenotypeCmd),
@@ -94,6 +97,20 @@ enum BenchCmd {
         steps: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Inference latency of an ONNX file with the Burn runtime.
+    Run {
+        /// The ONNX file.
+        file: PathBuf,
+        /// Images per run.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed runs after two warm-up runs.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// cpu (flex, default), ndarray, cuda or wgpu.
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -179,6 +196,25 @@ struct SearchArgs {
     /// Continue the search in --out after its last checkpoint.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The ONNX file (from `splitnas export` or PyTorch).
+    file: PathBuf,
+    /// Inputs: a float32 NCHW .npy tensor (used as is) or image files (PNG/JPEG, resized
+    /// and normalized with the file's mean/std).
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Write the logits [N, classes] to this .npy file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// cpu (flex, default), ndarray, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Classes to print per image.
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
 }
 
 #[derive(Args)]
@@ -423,6 +459,92 @@ fn run_export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+fn load_model(file: &std::path::Path, device: &str) -> Result<AnyModel> {
+    let kind: RuntimeDevice = device.parse().context("--device")?;
+    AnyModel::load(file, kind).with_context(|| format!("{}", file.display()))
+}
+
+fn run_model(a: RunArgs) -> Result<()> {
+    let model = load_model(&a.file, &a.device)?;
+    let chw = model.input_shape();
+    let (mut x, mut names) = (vec![], vec![]);
+    for path in &a.input {
+        let is_npy = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+        if is_npy {
+            let (data, n) = input::read_npy(path, chw)?;
+            x.extend(data);
+            names.extend((0..n).map(|i| format!("{}[{i}]", path.display())));
+        } else {
+            let (Some(mean), Some(std)) = (model.mean(), model.std()) else {
+                bail!(
+                    "{}: no usable mean/std in the file's metadata to normalize images; give a normalized float32 .npy input instead",
+                    a.file.display()
+                );
+            };
+            x.extend(input::read_image(path, chw, &mean, &std)?);
+            names.push(path.display().to_string());
+        }
+    }
+    let n = names.len();
+    let logits = model.run_host(&x, n)?;
+    let k = model.num_classes();
+    let classes = model
+        .classes()
+        .unwrap_or_else(|| (0..k).map(|i| format!("class{i}")).collect());
+    for (name, row) in names.iter().zip(logits.chunks(k)) {
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&i, &j| row[j].total_cmp(&row[i]));
+        let top: Vec<String> = order
+            .iter()
+            .take(a.top_k.max(1))
+            .map(|&i| format!("{} ({:.3})", classes[i], (row[i] - max).exp() / sum))
+            .collect();
+        println!("{name}: {}", top.join(", "));
+    }
+    if let Some(out) = &a.output {
+        input::write_npy(out, &logits, &[n as u64, k as u64])?;
+        println!("wrote logits [{n}, {k}] to {}", out.display());
+    }
+    Ok(())
+}
+
+fn bench_run(file: &std::path::Path, batch: usize, iters: usize, device: &str) -> Result<()> {
+    if batch == 0 || iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    let model = load_model(file, device)?;
+    let [c, h, w] = model.input_shape();
+    let x: Vec<f32> = (0..batch * c * h * w)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    for _ in 0..2 {
+        model.run_host(&x, batch)?;
+    }
+    let mut ms = vec![];
+    for _ in 0..iters {
+        let t0 = std::time::Instant::now();
+        model.run_host(&x, batch)?;
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let (p50, p90) = (pick(0.5), pick(0.9));
+    println!(
+        "{}: batch {batch}, {iters} runs on {device}, {} steps",
+        file.display(),
+        model.steps()
+    );
+    println!(
+        "p50_ms={p50:.3} p90_ms={p90:.3} images_per_s={:.1}",
+        batch as f64 / (p50 / 1e3)
+    );
+    Ok(())
+}
+
 /// No arguments: a short, real training run of DARTS_V2 on Fashion-MNIST.
 fn default_job() -> Result<()> {
     let have_fmnist = std::path::Path::new(data::FASHION_MNIST_DIR)
@@ -492,6 +614,13 @@ fn real_main() -> Result<()> {
         Some(Command::Search(a)) => run_search(a),
         Some(Command::Train(a)) => run_train(a),
         Some(Command::Export(a)) => run_export(a),
+        Some(Command::Run(a)) => run_model(a),
+        Some(Command::Bench(BenchCmd::Run {
+            file,
+            batch,
+            iters,
+            device,
+        })) => bench_run(&file, batch, iters, &device),
         Some(Command::Genotype(GenotypeCmd::Show { genotype, format })) => {
             let g = Genotype::resolve(&genotype)?;
             match format {

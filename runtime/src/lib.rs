@@ -18,6 +18,7 @@
 
 pub mod device;
 pub mod error;
+pub mod input;
 mod ops;
 mod plan;
 pub mod value;

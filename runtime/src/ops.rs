@@ -296,7 +296,7 @@ fn auto_pad_not_set(n: &Node) -> Result<(), RuntimeError> {
 fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
     auto_pad_not_set(n)?;
     let (x, s) = cx.value(n, 0)?;
-    let [b, c, h, w] = rank4(n, &s)?;
+    let [b_dim, c, h, w] = rank4(n, &s)?;
     let (c, h, w) = (
         fixed(n, c, "channels")?,
         fixed(n, h, "height")?,
@@ -350,7 +350,7 @@ fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
     cx.define(
         n,
         step,
-        vec![b, Dim::Fixed(m), Dim::Fixed(oh), Dim::Fixed(ow)],
+        vec![b_dim, Dim::Fixed(m), Dim::Fixed(oh), Dim::Fixed(ow)],
     )
 }
 

@@ -144,7 +144,10 @@ pub(crate) fn execute<B: Backend>(
 ) -> Tensor<B, 4> {
     let mut values: Vec<Option<Tensor<B, 4>>> = vec![None; values_len];
     values[0] = Some(input);
+    let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();
+    let mut times: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
     for p in plan {
+        let t0 = std::time::Instant::now();
         let get = |values: &Vec<Option<Tensor<B, 4>>>, v: usize| -> Tensor<B, 4> {
             values[v]
                 .clone()
@@ -235,11 +238,34 @@ pub(crate) fn execute<B: Backend>(
                 get(&values, *x).mul(scale.clone()).add(shift.clone())
             }
         };
+        if profile {
+            let y = y.clone();
+            let _ = B::sync(&y.device());
+            let key = format!("{:?}", std::mem::discriminant(&p.step));
+            let label = match &p.step {
+                Step::Conv { opts, w, .. } => format!("Conv g{} k{}", opts.groups, w.dims()[2]),
+                Step::Relu(_) => "Relu".into(),
+                Step::MaxPool { .. } => "MaxPool".into(),
+                Step::AvgPool { .. } => "AvgPool".into(),
+                Step::Add(..) => "Add".into(),
+                Step::Concat { .. } => "Concat".into(),
+                Step::Slice { .. } => "Slice".into(),
+                _ => key,
+            };
+            let e = times.entry(label).or_default();
+            e.0 += t0.elapsed().as_secs_f64() * 1e3;
+            e.1 += 1;
+        }
         values[p.out] = Some(y);
         for &v in &p.last_use {
             if v != output {
                 values[v] = None;
             }
+        }
+    }
+    if profile {
+        for (k, (ms, c)) in &times {
+            eprintln!("{k:>20}: {ms:8.2} ms over {c} steps");
         }
     }
     values[output].take().expect("the plan defines the output")
