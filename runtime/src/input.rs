@@ -24,7 +24,7 @@ pub fn read_npy(path: &Path, chw: [usize; 3]) -> Result<(Vec<f32>, usize), Runti
             "Fortran-ordered arrays are not supported (save with C order)",
         ));
     }
-    let descr = npy.dtype().descr();
+    let descr = npy.dtype().descr().trim_matches('\'').to_string();
     if descr != "<f4" {
         return Err(bad(
             path,
