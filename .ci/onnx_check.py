@@ -40,8 +40,12 @@ def main():
     for path in files:
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
-        assert model.opset_import[0].version == 17 and model.ir_version == 8, path
         meta = {p.key: p.value for p in model.metadata_props}
+        if "splitnas_version" in meta:
+            # Written by `splitnas export`: the issue fixes opset 17 and IR version 8.
+            # Other files (PyTorch-exporter-style graphs from the runtime tests) keep
+            # the opset they were written for.
+            assert model.opset_import[0].version == 17 and model.ir_version == 8, path
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         golden = path.with_suffix(".json")
         if golden.exists():

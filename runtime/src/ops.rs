@@ -141,6 +141,15 @@ impl Node<'_> {
             .ok_or_else(|| self.err("no output"))
     }
 
+    /// Like [`Self::sizes`] but every value must be at least 1 (strides, dilations, kernels).
+    fn positive(&self, name: &str, len: usize, default: usize) -> Result<Vec<usize>, RuntimeError> {
+        let v = self.sizes(name, len, default)?;
+        if v.contains(&0) {
+            return Err(self.err(format!("{name} {v:?} has a zero")));
+        }
+        Ok(v)
+    }
+
     /// `usize` list from an attribute, with bounds.
     fn sizes(&self, name: &str, len: usize, default: usize) -> Result<Vec<usize>, RuntimeError> {
         match self.ints(name)? {
@@ -305,6 +314,9 @@ fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
     let (wd, wv) = cx.floats(n, 1, "the weight")?;
     let [m, cg, kh, kw] = <[usize; 4]>::try_from(wd.as_slice())
         .map_err(|_| n.err(format!("weight of shape {wd:?} is not 4-D")))?;
+    if wd.contains(&0) {
+        return Err(n.err(format!("empty weight {wd:?}")));
+    }
     let group = usize::try_from(n.int("group", 1)?).unwrap_or(0);
     if group == 0 || cg * group != c || m % group != 0 {
         return Err(n.err(format!(
@@ -316,8 +328,8 @@ fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
             return Err(n.err(format!("kernel_shape {k:?} differs from the weight {wd:?}")));
         }
     }
-    let strides = n.sizes("strides", 2, 1)?;
-    let dil = n.sizes("dilations", 2, 1)?;
+    let strides = n.positive("strides", 2, 1)?;
+    let dil = n.positive("dilations", 2, 1)?;
     let pads = n.sizes("pads", 4, 0)?;
     let bias = match cx.opt(n, 2)? {
         None => None,
@@ -405,16 +417,13 @@ fn pool_geometry(
 > {
     auto_pad_not_set(n)?;
     let [b, c, h, w] = rank4(n, s)?;
-    let k = n.sizes("kernel_shape", 2, 0).and_then(|k| {
-        if n.ints("kernel_shape")?.is_none() {
-            Err(n.err("kernel_shape is required"))
-        } else {
-            Ok(k)
-        }
-    })?;
-    let st = n.sizes("strides", 2, 1)?;
+    if n.ints("kernel_shape")?.is_none() {
+        return Err(n.err("kernel_shape is required"));
+    }
+    let k = n.positive("kernel_shape", 2, 1)?;
+    let st = n.positive("strides", 2, 1)?;
     let pads = n.sizes("pads", 4, 0)?;
-    let dil = n.sizes("dilations", 2, 1)?;
+    let dil = n.positive("dilations", 2, 1)?;
     if pads[0] != pads[2] || pads[1] != pads[3] {
         return Err(n.err(format!("asymmetric pads {pads:?} are not supported")));
     }
@@ -732,8 +741,8 @@ fn slice<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
     let data = cx.get(n, 0)?.clone();
     let starts = cx.ints(n, 1, "starts")?;
     let ends = cx.ints(n, 2, "ends")?;
-    if starts.len() != ends.len() {
-        return Err(n.err("starts and ends differ in length"));
+    if starts.len() != ends.len() || starts.is_empty() {
+        return Err(n.err("starts and ends are empty or differ in length"));
     }
     let rank = match &data {
         Known::Const(c) => c.dims().len(),
@@ -754,7 +763,7 @@ fn slice<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
         return Err(n.err(format!("step {s} is not supported (positive steps are)")));
     }
     match data {
-        Known::Const(Const::Int { dims, data }) if dims.len() == 1 => {
+        Known::Const(Const::Int { dims, data }) if dims.len() == 1 && ax == [0] => {
             let (s, e) = slice_range(starts[0], ends[0], steps[0], dims[0]);
             let picked: Vec<SymInt> = data[s..e]
                 .iter()

@@ -228,4 +228,22 @@ fn bad_nodes_name_the_node() {
     );
     let e = load(&g.finish(&y, 4, 17)).unwrap_err().to_string();
     assert!(e.contains("MaxPool_p") && e.contains("does not fit"), "{e}");
+    // Zero kernels, strides and dilations.
+    for (attr, v) in [
+        ("kernel_shape", vec![0, 3]),
+        ("strides", vec![0, 1]),
+        ("dilations", vec![1, 0]),
+    ] {
+        let mut g = G::new(1, 8, 8);
+        let mut attrs = vec![(attr, A::Is(v))];
+        if attr != "kernel_shape" {
+            attrs.push(("kernel_shape", A::Is(vec![3, 3])));
+        }
+        let y = g.node("MaxPool", &["input"], "p", attrs);
+        let e = load(&g.finish(&y, 4, 17)).unwrap_err().to_string();
+        assert!(
+            e.contains("MaxPool_p") && e.contains(attr) && e.contains("zero"),
+            "{e}"
+        );
+    }
 }
