@@ -7,7 +7,7 @@ use splitnas_models::{Genotype, NetworkConfig};
 use splitnas_runtime::{input, AnyModel, DeviceKind as RuntimeDevice};
 use splitnas_search::architect::Order;
 use splitnas_search::bench::{bench_search, bench_train, SearchBench, TrainBench};
-use splitnas_search::data::{self, DataOptions, DatasetKind};
+use splitnas_search::data::{DataOptions, DatasetKind};
 use splitnas_search::device::DeviceKind;
 use splitnas_search::mixed_op::SelectorKind;
 use splitnas_search::search::{search, SearchOptions, SearchRecipe};
@@ -15,6 +15,8 @@ use splitnas_search::supernet::SupernetConfig;
 
 use splitnas_search::train::{load_run, train, TrainOptions, TrainRecipe};
 use std::path::PathBuf;
+
+mod quickstart;
 
 /// mimalloc instead of the system allocator: Burn allocates a fresh buffer for
 /// most tensor operations, and glibc returns large ones to the OS on every free
@@ -50,6 +52,47 @@ enum Command {
     /// Benchmarks (print a final `key=value` line).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The whole journey in one command: search -> train -> export -> runtime -> pictures.
+    Quickstart(QuickstartArgs),
+    /// Render a run's curves (and a search run's op-weight evolution) as SVG and PNG.
+    Plot {
+        /// A run directory (the --out of `splitnas train` or `splitnas search`).
+        run: PathBuf,
+        /// Directory for the pictures.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct QuickstartArgs {
+    /// Output directory (default: the first free of runs/quickstart, runs/quickstart-2, ...).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu (flex, default), ndarray, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Replace a previous quickstart in --out (otherwise it is refused).
+    #[arg(long)]
+    force: bool,
+    /// Search epochs (the first is warm-up).
+    #[arg(long, default_value_t = 3)]
+    search_epochs: usize,
+    /// Training images the search uses: the first N, half for the weights, half for the
+    /// architecture.
+    #[arg(long, default_value_t = 1000)]
+    search_images: usize,
+    /// Training epochs of the found cell.
+    #[arg(long, default_value_t = 4)]
+    train_epochs: usize,
+    /// Training images: the first N of Fashion-MNIST (the embedded subset holds 3000).
+    #[arg(long, default_value_t = 2000)]
+    train_limit: usize,
+    /// Test images: the first N (the embedded subset holds 1000).
+    #[arg(long, default_value_t = 1000)]
+    test_limit: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +107,14 @@ enum GenotypeCmd {
     },
     /// List the zoo.
     List,
+    /// Draw the normal and reduction cells as an SVG diagram (DARTS-paper style).
+    Draw {
+        /// DARTS_V1, DARTS_V2, PC_DARTS (case-insensitive) or a file.
+        genotype: String,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -545,44 +596,19 @@ fn bench_run(file: &std::path::Path, batch: usize, iters: usize, device: &str) -
     Ok(())
 }
 
-/// No arguments: a short, real training run of DARTS_V2 on Fashion-MNIST.
-fn default_job() -> Result<()> {
-    let have_fmnist = std::path::Path::new(data::FASHION_MNIST_DIR)
-        .join("train-images-idx3-ubyte.gz")
-        .exists();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let out = PathBuf::from(format!("runs/default-{stamp}"));
-    let dataset = if have_fmnist {
-        "fashion-mnist"
-    } else {
-        eprintln!("{} not found (apt-get install dataset-fashion-mnist); using the synthetic data set instead", data::FASHION_MNIST_DIR);
-        "synthetic"
-    };
-    println!("splitnas with no arguments: training DARTS_V2 (C=8, L=5) for 3 epochs on the first 6000 {dataset} images into {}", out.display());
-    println!("see `splitnas --help` for every command");
-    run_train(TrainArgs {
-        genotype: "DARTS_V2".into(),
-        dataset: dataset.into(),
-        data_dir: None,
-        channels: 8,
-        layers: 5,
-        epochs: 3,
-        batch_size: 64,
-        lr: 0.025,
-        train_limit: Some(6000),
-        test_limit: Some(2000),
-        auxiliary: false,
-        cutout: 0,
-        drop_path: 0.0,
-        identity: false,
-        seed: 0,
-        device: "cpu".into(),
-        out,
-        resume: false,
-    })
+fn run_quickstart(a: QuickstartArgs) -> Result<()> {
+    quickstart::run(&quickstart::Quickstart {
+        out: a.out,
+        device: a.device,
+        force: a.force,
+        search_epochs: a.search_epochs,
+        search_images: a.search_images,
+        train_epochs: a.train_epochs,
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
+        seed: a.seed,
+    })?;
+    Ok(())
 }
 
 /// `mi_option_purge_delay` (the same index in mimalloc v2 and v3 headers).
@@ -610,7 +636,29 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        None => default_job(),
+        None => {
+            println!("splitnas with no arguments runs `splitnas quickstart` (see `splitnas --help` for every command)");
+            match Cli::parse_from(["splitnas", "quickstart"]).command {
+                Some(Command::Quickstart(defaults)) => run_quickstart(defaults),
+                _ => bail!("internal: the quickstart defaults did not parse"),
+            }
+        }
+        Some(Command::Quickstart(a)) => run_quickstart(a),
+        Some(Command::Plot { run, out }) => {
+            for f in splitnas_search::plot::plot_run(&run, &out)? {
+                println!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        Some(Command::Genotype(GenotypeCmd::Draw { genotype, out })) => {
+            let g = Genotype::resolve(&genotype)?;
+            let tmp = out.with_extension("svg.tmp");
+            std::fs::write(&tmp, splitnas_models::draw::genotype_svg(&g))
+                .and_then(|_| std::fs::rename(&tmp, &out))
+                .with_context(|| format!("--out {}", out.display()))?;
+            println!("wrote {} ({})", out.display(), g.to_darts());
+            Ok(())
+        }
         Some(Command::Search(a)) => run_search(a),
         Some(Command::Train(a)) => run_train(a),
         Some(Command::Export(a)) => run_export(a),

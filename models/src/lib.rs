@@ -11,6 +11,7 @@
 
 pub mod bn;
 pub mod cell;
+pub mod draw;
 pub mod fastconv;
 pub mod genotype;
 pub mod graph;

@@ -11,6 +11,47 @@ use std::path::{Path, PathBuf};
 /// Where Debian's `dataset-fashion-mnist` package puts the IDX files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
+/// Where `--dataset fashion-mnist` looks without `--data-dir`: `$SPLITNAS_FASHION_MNIST_DIR`
+/// when set, else [`FASHION_MNIST_DIR`].
+pub fn fashion_mnist_dir() -> PathBuf {
+    std::env::var_os("SPLITNAS_FASHION_MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
+}
+
+/// The Fashion-MNIST subset compiled into the binary (`data/fashion-mnist/` in the
+/// repository: the first 3,000 training and 1,000 test images of the Debian package,
+/// MIT-licensed, see `data/fashion-mnist/LICENSE`), used when `--dataset fashion-mnist`
+/// is given without `--data-dir` and [`FASHION_MNIST_DIR`] is absent.
+pub mod embedded {
+    /// What [`super::Dataset::source`] says for the embedded subset.
+    pub const SOURCE: &str =
+        "embedded Fashion-MNIST subset (first 3000 training and 1000 test images)";
+    /// Training images in the subset.
+    pub const TRAIN_IMAGES: usize = 3000;
+    /// Test images in the subset.
+    pub const TEST_IMAGES: usize = 1000;
+    macro_rules! file {
+        ($name:literal) => {
+            (
+                $name,
+                include_bytes!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../data/fashion-mnist/",
+                    $name
+                )) as &[u8],
+            )
+        };
+    }
+    /// `(file name, gzip IDX bytes)` of the four files.
+    pub const FILES: [(&str, &[u8]); 4] = [
+        file!("train-images-idx3-ubyte.gz"),
+        file!("train-labels-idx1-ubyte.gz"),
+        file!("t10k-images-idx3-ubyte.gz"),
+        file!("t10k-labels-idx1-ubyte.gz"),
+    ];
+}
+
 /// Problems reading a data set; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -168,6 +209,8 @@ pub struct Dataset {
     pub test: ImageSet,
     /// One name per class.
     pub classes: Vec<String>,
+    /// Where the images came from: a directory, [`embedded::SOURCE`] or "synthetic".
+    pub source: String,
 }
 
 /// How to load a data set.
@@ -211,10 +254,30 @@ const CIFAR10_CLASSES: [&str; 10] = [
 /// Loads `kind` as `opts` says.
 pub fn load(kind: DatasetKind, opts: &DataOptions) -> Result<Dataset, DataError> {
     let default_dir = |d: &str| opts.dir.clone().unwrap_or_else(|| PathBuf::from(d));
+    let source: String;
     let (mut train, mut test, classes) = match kind {
+        DatasetKind::FashionMnist
+            if opts.dir.is_none()
+                && !fashion_mnist_dir()
+                    .join("train-images-idx3-ubyte.gz")
+                    .exists() =>
+        {
+            eprintln!(
+                "note: {} not found (apt-get install dataset-fashion-mnist for all 70,000 images); using the {}",
+                fashion_mnist_dir().display(),
+                embedded::SOURCE
+            );
+            source = embedded::SOURCE.to_string();
+            let (train, test) = load_embedded()?;
+            (
+                train,
+                test,
+                FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
+            )
+        }
         DatasetKind::FashionMnist | DatasetKind::Mnist => {
             let dir = if kind == DatasetKind::FashionMnist {
-                default_dir(FASHION_MNIST_DIR)
+                opts.dir.clone().unwrap_or_else(fashion_mnist_dir)
             } else {
                 default_dir("data/mnist")
             };
@@ -226,6 +289,7 @@ pub fn load(kind: DatasetKind, opts: &DataOptions) -> Result<Dataset, DataError>
             };
             let train = read_idx_pair(&dir, "train", &hint)?;
             let test = read_idx_pair(&dir, "t10k", &hint)?;
+            source = dir.display().to_string();
             let names: Vec<String> = if kind == DatasetKind::FashionMnist {
                 FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
             } else {
@@ -245,6 +309,7 @@ pub fn load(kind: DatasetKind, opts: &DataOptions) -> Result<Dataset, DataError>
                 .collect();
             let train = read_cifar(&files, 0, &hint)?;
             let test = read_cifar(&[dir.join("test_batch.bin")], 0, &hint)?;
+            source = dir.display().to_string();
             (
                 train,
                 test,
@@ -256,6 +321,7 @@ pub fn load(kind: DatasetKind, opts: &DataOptions) -> Result<Dataset, DataError>
             let hint = "pass --data-dir with train.bin and test.bin".to_string();
             let train = read_cifar(&[dir.join("train.bin")], 1, &hint)?;
             let test = read_cifar(&[dir.join("test.bin")], 1, &hint)?;
+            source = dir.display().to_string();
             let names = std::fs::read_to_string(dir.join("fine_label_names.txt"))
                 .map(|t| {
                     t.lines()
@@ -272,6 +338,7 @@ pub fn load(kind: DatasetKind, opts: &DataOptions) -> Result<Dataset, DataError>
             let n_train = opts.train_limit.unwrap_or(2000);
             let n_test = opts.test_limit.unwrap_or(500);
             let (train, test) = synthetic(n_train, n_test, 3, 32, 10, opts.seed);
+            source = format!("synthetic (seed {})", opts.seed);
             (
                 train,
                 test,
@@ -290,7 +357,30 @@ pub fn load(kind: DatasetKind, opts: &DataOptions) -> Result<Dataset, DataError>
         train,
         test,
         classes,
+        source,
     })
+}
+
+/// The embedded Fashion-MNIST subset: (training, test) images.
+fn load_embedded() -> Result<(ImageSet, ImageSet), DataError> {
+    let open = |i: usize| -> Result<(PathBuf, Vec<u8>), DataError> {
+        let (name, gz) = embedded::FILES[i];
+        let path = PathBuf::from(format!("<embedded>/{name}"));
+        let mut out = Vec::new();
+        GzDecoder::new(gz)
+            .read_to_end(&mut out)
+            .map_err(|source| DataError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok((path, out))
+    };
+    let pair = |i: usize| -> Result<ImageSet, DataError> {
+        let (ip, ib) = open(i)?;
+        let (lp, lb) = open(i + 1)?;
+        idx_pair(ip, &ib, lp, &lb)
+    };
+    Ok((pair(0)?, pair(2)?))
 }
 
 fn find_cifar_dir(dir: &Path, sub: &str) -> PathBuf {
@@ -342,8 +432,20 @@ fn read_idx_pair(dir: &Path, prefix: &str, hint: &str) -> Result<ImageSet, DataE
     };
     let img_path = pick(format!("{prefix}-images-idx3-ubyte"));
     let lbl_path = pick(format!("{prefix}-labels-idx1-ubyte"));
-    let (n, rows, cols, pixels) = parse_idx_images(&img_path, &read_maybe_gz(&img_path, hint)?)?;
-    let labels = parse_idx_labels(&lbl_path, &read_maybe_gz(&lbl_path, hint)?)?;
+    let images = read_maybe_gz(&img_path, hint)?;
+    let labels = read_maybe_gz(&lbl_path, hint)?;
+    idx_pair(img_path, &images, lbl_path, &labels)
+}
+
+/// Parses an IDX image file and its label file into one set.
+fn idx_pair(
+    img_path: PathBuf,
+    images: &[u8],
+    lbl_path: PathBuf,
+    labels: &[u8],
+) -> Result<ImageSet, DataError> {
+    let (n, rows, cols, pixels) = parse_idx_images(&img_path, images)?;
+    let labels = parse_idx_labels(&lbl_path, labels)?;
     if labels.len() != n {
         return Err(DataError::Format {
             path: lbl_path,
@@ -723,5 +825,51 @@ mod tests {
         let (c, _) = synthetic(4, 2, 3, 8, 10, 2);
         assert_eq!(a.pixels, b.pixels);
         assert_ne!(a.pixels, c.pixels);
+    }
+}
+
+#[cfg(test)]
+mod embedded_tests {
+    use super::*;
+
+    /// The embedded subset, loaded through the fallback, against the Debian package's
+    /// files (the independent source it was cut from): same first images and labels.
+    #[test]
+    fn embedded_subset_is_the_start_of_the_debian_files() {
+        let (train, test) = load_embedded().unwrap();
+        let emb = Dataset {
+            kind: DatasetKind::FashionMnist,
+            train,
+            test,
+            classes: FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
+            source: embedded::SOURCE.into(),
+        };
+        assert_eq!(emb.train.len(), embedded::TRAIN_IMAGES);
+        assert_eq!(emb.test.len(), embedded::TEST_IMAGES);
+        assert_eq!((emb.train.channels, emb.train.side), (1, 28));
+        // All ten classes occur in both parts.
+        for set in [&emb.train, &emb.test] {
+            let mut seen = [false; 10];
+            set.labels.iter().for_each(|&l| seen[l] = true);
+            assert!(seen.iter().all(|&s| s));
+        }
+        let debian = Path::new(FASHION_MNIST_DIR);
+        if !debian.join("train-images-idx3-ubyte.gz").exists() {
+            eprintln!("skipping the comparison: {FASHION_MNIST_DIR} not installed");
+            return;
+        }
+        let full = load(
+            DatasetKind::FashionMnist,
+            &DataOptions {
+                dir: Some(debian.to_path_buf()),
+                train_limit: Some(embedded::TRAIN_IMAGES),
+                test_limit: Some(embedded::TEST_IMAGES),
+                seed: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(full.source, FASHION_MNIST_DIR);
+        assert!(emb.train.pixels == full.train.pixels && emb.train.labels == full.train.labels);
+        assert!(emb.test.pixels == full.test.pixels && emb.test.labels == full.test.labels);
     }
 }

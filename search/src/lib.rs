@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod mixed_op;
+pub mod plot;
 pub mod search;
 pub mod supernet;
 pub mod train;

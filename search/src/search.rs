@@ -136,6 +136,19 @@ pub struct SearchMetrics {
     pub alpha_entropy: Entropy,
     /// Wall time of the epoch.
     pub seconds: f64,
+    /// softmax(alpha) per edge and softmax(beta) after the epoch, both cell types
+    /// (what `splitnas plot` draws as the evolution of each edge's op weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<EpochWeights>,
+}
+
+/// Architecture weights of both cell types after one epoch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochWeights {
+    /// Normal cell.
+    pub normal: CellWeights,
+    /// Reduction cell.
+    pub reduce: CellWeights,
 }
 
 /// `alphas.json`.
@@ -490,6 +503,10 @@ pub fn search_on<B: AutodiffBackend>(
                 reduce: reduce.entropy(),
             },
             seconds: t0.elapsed().as_secs_f64(),
+            weights: Some(EpochWeights {
+                normal: normal.clone(),
+                reduce: reduce.clone(),
+            }),
         };
         println!(
             "epoch {}/{} train_loss={:.4} train_acc={:.4} valid_loss={:.4} valid_acc={:.4} entropy={:.4}/{:.4} seconds={:.1}",

@@ -641,7 +641,8 @@ pub fn load_run<B: Backend>(
     Ok((cfg, net))
 }
 
-pub(crate) fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
+/// A progress bar on stderr when `enabled` and stderr is a terminal, hidden otherwise.
+pub fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
