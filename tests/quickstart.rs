@@ -5,7 +5,9 @@ use splitnas_models::Genotype;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use tract_onnx::prelude::*;
+mod common;
+use common::{max_abs, read_npy, tract};
+use tract_onnx::prelude::Framework;
 
 fn splitnas() -> Command {
     Command::new(env!("CARGO_BIN_EXE_splitnas"))
@@ -31,13 +33,6 @@ fn embedded_test_images(n: usize) -> Vec<u8> {
         .read_to_end(&mut raw)
         .unwrap();
     raw[16..16 + n * 784].to_vec()
-}
-
-fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().to_vec();
-    (shape, npy.into_vec::<f32>().unwrap())
 }
 
 fn parse_svg(path: &Path) -> String {
@@ -68,6 +63,8 @@ fn quickstart_on_the_embedded_subset() {
         out.to_str().unwrap(),
         "--search-epochs",
         "2",
+        "--search-images",
+        "200",
         "--train-epochs",
         "1",
         "--train-limit",
@@ -140,15 +137,6 @@ fn quickstart_on_the_embedded_subset() {
 
     // The ONNX file loads in tract, and tract's logits on the first test images (normalized
     // with the file's own mean/std) match the runtime's within 1e-4.
-    let model = tract_onnx::onnx()
-        .model_for_path(out.join("model.onnx"))
-        .unwrap()
-        .with_input_fact(0, f32::fact([8, 1, 28, 28]).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
     let proto = tract_onnx::onnx()
         .proto_model_for_path(out.join("model.onnx"))
         .unwrap();
@@ -161,19 +149,8 @@ fn quickstart_on_the_embedded_subset() {
         .iter()
         .map(|&p| (p as f32 / 255.0 - mean[0]) / std[0])
         .collect();
-    let input = tract_ndarray::Array4::from_shape_vec((8, 1, 28, 28), x).unwrap();
-    let y = model.run(tvec!(Tensor::from(input).into())).unwrap();
-    let tract_logits: Vec<f32> = y[0]
-        .to_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    let diff = tract_logits
-        .iter()
-        .zip(&logits[..80])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let tract_logits = tract(&out.join("model.onnx"), &x, [8, 1, 28, 28]);
+    let diff = max_abs(&tract_logits, &logits[..80]);
     assert!(diff <= 1e-4, "tract vs runtime max abs {diff}");
 
     // Pictures: the cell diagram names every op of the genotype; the plots parse and decode.

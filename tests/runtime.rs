@@ -5,7 +5,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use tract_onnx::prelude::*;
+mod common;
+use common::{max_abs, read_npy, tract};
 
 fn splitnas(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_splitnas"))
@@ -44,43 +45,6 @@ fn write_npy(path: &Path, data: &[f32], shape: &[u64]) {
     w.extend(data.iter().copied()).unwrap();
     w.finish().unwrap();
     std::fs::write(path, bytes).unwrap();
-}
-
-fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().to_vec();
-    (shape, npy.into_vec().unwrap())
-}
-
-fn tract(path: &Path, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
-        .unwrap()
-        .with_input_fact(0, f32::fact(shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let input: Tensor = tract_ndarray::Array4::from_shape_vec(shape, x.to_vec())
-        .unwrap()
-        .into();
-    let out = model.run(tvec!(input.into())).unwrap();
-    out[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

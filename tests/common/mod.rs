@@ -1,0 +1,46 @@
+//! Helpers shared by the end-to-end tests: .npy reading, tract as the independent ONNX
+//! implementation, max-abs difference.
+#![allow(dead_code)]
+
+use std::path::Path;
+use tract_onnx::prelude::*;
+
+/// A float32 .npy file: (shape, values).
+pub fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec().unwrap())
+}
+
+/// tract's logits for `x` (NCHW `shape`) on the ONNX file at `path`.
+pub fn tract(path: &Path, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .unwrap()
+        .with_input_fact(0, f32::fact(shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let input: Tensor = tract_ndarray::Array4::from_shape_vec(shape, x.to_vec())
+        .unwrap()
+        .into();
+    let out = model.run(tvec!(input.into())).unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
