@@ -179,7 +179,10 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
     rows.push(Row {
         stage: "search",
         seconds: t.elapsed().as_secs_f64(),
-        figure: format!("valid acc {:.3}, {}", last.valid_acc, s.genotype.to_darts()),
+        figure: format!(
+            "valid acc {:.3} (architecture half); cell in cell.svg",
+            last.valid_acc
+        ),
         file: out.join("search/genotype.json").display().to_string(),
     });
 
@@ -339,6 +342,7 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
     let total = t_all.elapsed().as_secs_f64();
     let table = summary_table(&rows, total);
     println!("\n{table}");
+    println!("genotype = {}", s.genotype.to_darts());
     println!(
         "runtime_acc={runtime_acc:.4} train_acc={train_acc:.4} seconds={total:.1} out={}",
         out.display()
@@ -367,7 +371,7 @@ fn summary_table(rows: &[Row], total: f64) -> String {
     let mut s = String::from("| stage | time | key figure | file |\n|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.1} s | {} | {} |\n",
+            "| {} | {:.2} s | {} | {} |\n",
             r.stage, r.seconds, r.figure, r.file
         ));
     }
