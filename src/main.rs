@@ -215,7 +215,9 @@ struct SearchArgs {
     /// Partial channel factor K: C/K channels of each edge enter the operations (1 = DARTS).
     #[arg(long, default_value_t = 4)]
     partial_k: usize,
-    /// Channel selection: split (CSC-DARTS: fixed split + channel shuffle) or random.
+    /// Channel selection: split (CSC-DARTS: fixed split + channel shuffle), random
+    /// (PC-DARTS-style subset per step) or attention (ADARTS: top-scored channels of a
+    /// channel-attention module, weighted by their scores).
     #[arg(long, default_value = "split")]
     selector: String,
     /// CSC-DARTS identity connection on every cell (default on).

@@ -149,10 +149,23 @@ fn short_real_search_writes_a_trainable_genotype_and_resumes() {
 
 #[test]
 fn resumed_search_reproduces_the_uninterrupted_one() {
+    resume_reproduces("split");
+}
+
+/// ADARTS selector: combines with `--order second` and `--resume` (its attention modules
+/// are weights, checkpointed and restored with them).
+#[test]
+fn attention_selector_second_order_resumes_like_the_uninterrupted_run() {
+    resume_reproduces("attention");
+}
+
+fn resume_reproduces(selector: &str) {
     // Small and second order (the unrolled step uses the weight optimizer's state,
     // so it exercises every restored piece).
     let dir = tempfile::tempdir().unwrap();
     let extra = [
+        "--selector",
+        selector,
         "--train-limit",
         "256",
         "--channels",

@@ -227,6 +227,10 @@ mod tests {
     static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     fn tiny(k: usize) -> Supernet<A> {
+        tiny_with(k, crate::mixed_op::SelectorKind::Split)
+    }
+
+    fn tiny_with(k: usize, selector: crate::mixed_op::SelectorKind) -> Supernet<A> {
         let device = Default::default();
         <A as burn::tensor::backend::Backend>::seed(&device, 7);
         SupernetConfig::new()
@@ -236,6 +240,7 @@ mod tests {
             .with_image_size(8)
             .with_classes(3)
             .with_partial_k(k)
+            .with_selector(selector)
             .init::<A>(&device)
             .unwrap()
     }
@@ -287,6 +292,38 @@ mod tests {
         let (g, _) = arch_grads_second(&net, &optim, 0.1, batch(1), batch(2), &mut rng);
         assert_eq!(present(&g, &arch_ids), 4);
         assert_eq!(present(&g, &weight_ids), 0);
+    }
+
+    /// The attention selector's modules are weights: every one of their parameters gets
+    /// a gradient in the weight step, none in either architecture step.
+    #[test]
+    fn attention_parameters_train_with_the_weights() {
+        let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let net = tiny_with(2, crate::mixed_op::SelectorKind::Attention);
+        let mut att_ids = vec![];
+        for cell in &net.weights.cells {
+            for edge in &cell.edges {
+                let att = edge
+                    .attention
+                    .as_ref()
+                    .expect("attention module on every edge");
+                att_ids.extend(ids(att));
+            }
+        }
+        // 14 edges x 3 cells x (2 weights + 2 biases).
+        assert_eq!(att_ids.len(), 14 * 3 * 4);
+        let arch_ids = ids(&net.arch);
+        let mut rng = StdRng::seed_from_u64(0);
+        let (g, _, _) = weight_grads(&net, batch(1), &mut rng);
+        assert_eq!(present(&g, &att_ids), att_ids.len());
+        assert_eq!(present(&g, &arch_ids), 0);
+        let (g, _) = arch_grads_first(&net, batch(1), &mut rng);
+        assert_eq!(present(&g, &att_ids), 0);
+        assert_eq!(present(&g, &arch_ids), 4);
+        let optim = SgdConfig::new().init::<A, Supernet<A>>();
+        let (g, _) = arch_grads_second(&net, &optim, 0.1, batch(1), batch(2), &mut rng);
+        assert_eq!(present(&g, &att_ids), 0);
+        assert_eq!(present(&g, &arch_ids), 4);
     }
 
     fn flat(t: Tensor<A, 2>) -> Vec<f64> {

@@ -13,8 +13,19 @@
 //! - `random` (PC-DARTS-style random subset, for comparison): a fresh random subset of
 //!   C/K channels per step and edge; each output channel keeps its position (processed
 //!   channels are put back where they came from), so no shuffle is needed.
+//! - `attention` (ADARTS): a small channel-attention module per edge ([`ChannelAttention`]:
+//!   global average pool -> 1x1 (C -> C/4) -> ReLU -> 1x1 (C/4 -> C) -> sigmoid) scores
+//!   every input channel per image; the C/K channels with the highest batch-mean score
+//!   enter the operations, each multiplied by its own (per-image) score, so the attention
+//!   module gets gradients through the selected channels; the rest bypass. Output
+//!   channels keep their input positions (as with `random`), so the next layer sees a
+//!   fixed channel order. The attention parameters belong to the weights: trained in the
+//!   weight step, constant in the architecture step. Selected channels enter the
+//!   operations in ascending channel order.
 
 use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::PadMode;
@@ -35,6 +46,8 @@ pub enum SelectorKind {
     Split,
     /// Random subset per step, channels keep their positions.
     Random,
+    /// ADARTS: the channels with the highest channel-attention score, weighted by it.
+    Attention,
 }
 
 impl SelectorKind {
@@ -43,6 +56,7 @@ impl SelectorKind {
         match self {
             SelectorKind::Split => "split",
             SelectorKind::Random => "random",
+            SelectorKind::Attention => "attention",
         }
     }
 }
@@ -53,8 +67,9 @@ impl std::str::FromStr for SelectorKind {
         match s.to_ascii_lowercase().as_str() {
             "split" => Ok(SelectorKind::Split),
             "random" => Ok(SelectorKind::Random),
+            "attention" => Ok(SelectorKind::Attention),
             other => Err(format!(
-                "unknown selector '{other}' (expected split or random)"
+                "unknown selector '{other}' (expected split, random or attention)"
             )),
         }
     }
@@ -74,6 +89,41 @@ pub fn channel_shuffle<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 
     x.reshape([n, groups, c / groups, h, w])
         .swap_dims(1, 2)
         .reshape([n, c, h, w])
+}
+
+/// Reduction ratio of [`ChannelAttention`]'s hidden layer (squeeze-and-excitation style;
+/// ADARTS leaves it open): C/4 hidden units, at least 1.
+pub const ATTENTION_REDUCTION: usize = 4;
+
+/// Channel attention of the `attention` selector: global average pool, 1x1 convolution
+/// (a linear layer on the pooled vector) C -> C/4, ReLU, 1x1 C/4 -> C, sigmoid.
+#[derive(Module, Debug)]
+pub struct ChannelAttention<B: Backend> {
+    /// C -> C/4.
+    pub squeeze: Linear<B>,
+    /// C/4 -> C.
+    pub excite: Linear<B>,
+}
+
+impl<B: Backend> ChannelAttention<B> {
+    /// Attention on `channels` channels.
+    pub fn new(channels: usize, device: &B::Device) -> Self {
+        let hidden = (channels / ATTENTION_REDUCTION).max(1);
+        Self {
+            squeeze: LinearConfig::new(channels, hidden).init(device),
+            excite: LinearConfig::new(hidden, channels).init(device),
+        }
+    }
+
+    /// Score in (0, 1) per image and channel.
+    ///
+    /// # Shapes
+    /// `[N, C, H, W] -> [N, C]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [n, c, h, w] = x.dims();
+        let pooled = x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
+        sigmoid(self.excite.forward(relu(self.squeeze.forward(pooled))))
+    }
 }
 
 /// One candidate operation of a MixedOp; pooling is followed by a BatchNorm without
@@ -112,6 +162,8 @@ pub struct MixedOp<B: Backend> {
     /// Channel selection.
     #[module(skip)]
     pub selector: SelectorKind,
+    /// The `attention` selector's scoring module (None for the other selectors).
+    pub attention: Option<ChannelAttention<B>>,
 }
 
 impl<B: Backend> MixedOp<B> {
@@ -134,11 +186,14 @@ impl<B: Backend> MixedOp<B> {
                 }
             })
             .collect();
+        let attention = (selector == SelectorKind::Attention && partial_k > 1)
+            .then(|| ChannelAttention::new(channels, device));
         Self {
             ops,
             stride,
             partial_k: partial_k.max(1),
             selector,
+            attention,
         }
     }
 
@@ -171,23 +226,58 @@ impl<B: Backend> MixedOp<B> {
             SelectorKind::Random => {
                 let mut perm: Vec<usize> = (0..c).collect();
                 perm.shuffle(rng);
-                let device = x.device();
-                let index = |v: &[usize]| {
-                    let data: Vec<i64> = v.iter().map(|&i| i as i64).collect();
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(data, [v.len()]), &device)
+                self.select_and_restore(x, &perm, ck, weights, None)
+            }
+            SelectorKind::Attention => {
+                let Some(attention) = &self.attention else {
+                    // `new` builds the module for this selector whenever K > 1.
+                    return self.op_sum(x, weights);
                 };
-                let selected = x.clone().select(1, index(&perm[..ck]));
-                let bypass = x.select(1, index(&perm[ck..]));
-                let summed = contiguous(self.op_sum(selected, weights));
-                let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
-                // merged channel j came from input channel perm[j]: put it back there.
-                let mut inverse = vec![0usize; c];
-                for (j, &p) in perm.iter().enumerate() {
-                    inverse[p] = j;
-                }
-                merged.select(1, index(&inverse))
+                let scores = attention.forward(x.clone());
+                let mean: Vec<f32> = scores
+                    .clone()
+                    .mean_dim(0)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap_or_default();
+                let perm = attention_order(&mean, ck);
+                self.select_and_restore(x, &perm, ck, weights, Some(scores))
             }
         }
+    }
+
+    /// Sends input channels `perm[..ck]` through the operations (each multiplied by its
+    /// score when `scores` `[N, C]` is given), bypasses `perm[ck..]`, and puts every
+    /// channel back at its input position.
+    fn select_and_restore(
+        &self,
+        x: Tensor<B, 4>,
+        perm: &[usize],
+        ck: usize,
+        weights: Tensor<B, 1>,
+        scores: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 4> {
+        let [n, c, _, _] = x.dims();
+        let device = x.device();
+        let index = |v: &[usize]| {
+            let data: Vec<i64> = v.iter().map(|&i| i as i64).collect();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(data, [v.len()]), &device)
+        };
+        let mut selected = x.clone().select(1, index(&perm[..ck]));
+        if let Some(scores) = scores {
+            let s = scores.select(1, index(&perm[..ck])).reshape([n, ck, 1, 1]);
+            selected = selected.mul(s);
+        }
+        let bypass = x.select(1, index(&perm[ck..]));
+        let summed = contiguous(self.op_sum(selected, weights));
+        let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
+        // merged channel j came from input channel perm[j]: put it back there.
+        let mut inverse = vec![0usize; c];
+        for (j, &p) in perm.iter().enumerate() {
+            inverse[p] = j;
+        }
+        merged.select(1, index(&inverse))
     }
 
     fn op_sum(&self, x: Tensor<B, 4>, weights: Tensor<B, 1>) -> Tensor<B, 4> {
@@ -218,6 +308,21 @@ impl<B: Backend> MixedOp<B> {
         };
         max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
     }
+}
+
+/// Channel order of the `attention` selector from the batch-mean scores: the `ck`
+/// highest-scoring channels (ties to the lower index) in ascending channel order, then the
+/// others in ascending order.
+pub fn attention_order(mean_scores: &[f32], ck: usize) -> Vec<usize> {
+    let mut by_score: Vec<usize> = (0..mean_scores.len()).collect();
+    by_score.sort_by(|&a, &b| mean_scores[b].total_cmp(&mean_scores[a]).then(a.cmp(&b)));
+    let mut top = by_score[..ck.min(by_score.len())].to_vec();
+    top.sort_unstable();
+    let rest: Vec<usize> = (0..mean_scores.len())
+        .filter(|i| !top.contains(i))
+        .collect();
+    top.extend(rest);
+    top
 }
 
 /// The same values in a freshly laid out buffer, and the same for the gradient on
@@ -251,7 +356,11 @@ mod tests {
         let device = Default::default();
         let mut rng = StdRng::seed_from_u64(1);
         let x = Tensor::<B, 4>::random([2, 16, 8, 8], Distribution::Normal(0.0, 1.0), &device);
-        for selector in [SelectorKind::Split, SelectorKind::Random] {
+        for selector in [
+            SelectorKind::Split,
+            SelectorKind::Random,
+            SelectorKind::Attention,
+        ] {
             for k in [1, 2, 4, 8] {
                 for (stride, side) in [(1, 8), (2, 4)] {
                     let op = MixedOp::<B>::new(16, stride, k, selector, &device);
@@ -336,5 +445,68 @@ mod tests {
             })
             .count();
         assert_eq!(same, 6);
+    }
+
+    /// The attention selector's choice, recomputed here by hand from the module's
+    /// weights (plain loops: mean over H, W; x W1 + b1; ReLU; x W2 + b2; sigmoid; mean over
+    /// the batch; top C/K): exactly those channels change, the others pass in place.
+    #[test]
+    fn attention_selects_the_top_scored_channels() {
+        let device = Default::default();
+        let mut rng = StdRng::seed_from_u64(5);
+        let (n, c, side, k) = (3usize, 8usize, 4usize, 4usize);
+        let x = Tensor::<B, 4>::random([n, c, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let op = MixedOp::<B>::new(c, 1, k, SelectorKind::Attention, &device);
+        let att = op.attention.as_ref().unwrap();
+        let host = |t: Tensor<B, 2>| -> Vec<f32> { t.into_data().iter::<f32>().collect() };
+        let host1 = |t: Tensor<B, 1>| -> Vec<f32> { t.into_data().iter::<f32>().collect() };
+        let (w1, b1) = (
+            host(att.squeeze.weight.val()),
+            host1(att.squeeze.bias.as_ref().unwrap().val()),
+        );
+        let (w2, b2) = (
+            host(att.excite.weight.val()),
+            host1(att.excite.bias.as_ref().unwrap().val()),
+        );
+        let hidden = b1.len();
+        assert_eq!(hidden, c / ATTENTION_REDUCTION);
+        let xv: Vec<f32> = x.clone().into_data().iter::<f32>().collect();
+        let mut mean = vec![0f32; c];
+        for i in 0..n {
+            let pooled: Vec<f32> = (0..c)
+                .map(|ch| {
+                    let start = (i * c + ch) * side * side;
+                    xv[start..start + side * side].iter().sum::<f32>() / (side * side) as f32
+                })
+                .collect();
+            // Burn's Linear weight is [in, out].
+            let h: Vec<f32> = (0..hidden)
+                .map(|j| {
+                    (b1[j]
+                        + (0..c)
+                            .map(|ch| pooled[ch] * w1[ch * hidden + j])
+                            .sum::<f32>())
+                    .max(0.0)
+                })
+                .collect();
+            for ch in 0..c {
+                let z = b2[ch] + (0..hidden).map(|j| h[j] * w2[j * c + ch]).sum::<f32>();
+                mean[ch] += 1.0 / (1.0 + (-z).exp()) / n as f32;
+            }
+        }
+        let mut order: Vec<usize> = (0..c).collect();
+        order.sort_by(|&a, &b| mean[b].total_cmp(&mean[a]));
+        let mut top = order[..c / k].to_vec();
+        top.sort_unstable();
+        assert_eq!(attention_order(&mean, c / k)[..c / k], top[..]);
+        let y = op.forward(x.clone(), weights(), &mut rng);
+        let changed: Vec<usize> = (0..c)
+            .filter(|&ch| {
+                let a = y.clone().slice([0..n, ch..ch + 1, 0..side, 0..side]);
+                let b = x.clone().slice([0..n, ch..ch + 1, 0..side, 0..side]);
+                a.sub(b).abs().max().into_scalar() != 0.0
+            })
+            .collect();
+        assert_eq!(changed, top);
     }
 }
