@@ -654,9 +654,8 @@ fn real_main() -> Result<()> {
         }
         Some(Command::Genotype(GenotypeCmd::Draw { genotype, out })) => {
             let g = Genotype::resolve(&genotype)?;
-            let tmp = out.with_extension("svg.tmp");
-            std::fs::write(&tmp, splitnas_models::draw::genotype_svg(&g))
-                .and_then(|_| std::fs::rename(&tmp, &out))
+            let svg = splitnas_models::draw::genotype_svg(&g);
+            splitnas_search::checkpoint::write_atomic(&out, svg.as_bytes())
                 .with_context(|| format!("--out {}", out.display()))?;
             println!("wrote {} ({})", out.display(), g.to_darts());
             Ok(())

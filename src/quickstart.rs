@@ -8,6 +8,7 @@ use splitnas_export::{export, Metadata};
 use splitnas_models::draw::genotype_svg;
 use splitnas_runtime::{input, AnyModel, DeviceKind as RuntimeDevice};
 use splitnas_search::architect::Order;
+use splitnas_search::checkpoint::write_atomic;
 use splitnas_search::data::{self, DataOptions, DatasetKind};
 use splitnas_search::device::DeviceKind;
 use splitnas_search::mixed_op::SelectorKind;
@@ -15,7 +16,7 @@ use splitnas_search::plot::plot_run;
 use splitnas_search::search::{search, SearchOptions, SearchRecipe};
 use splitnas_search::supernet::SupernetConfig;
 use splitnas_search::train::{load_run, progress_bar, train, TrainOptions, TrainRecipe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// What the quickstart does; defaults fit in 10 minutes on 2 CPU cores.
@@ -377,10 +378,4 @@ fn summary_table(rows: &[Row], total: f64) -> String {
     }
     s.push_str(&format!("| total | {total:.1} s | | |\n"));
     s
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| path.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
 }

@@ -4,6 +4,7 @@
 //! uses the DejaVu Sans font compiled into the binary (`assets/fonts/`), so no system
 //! fonts are needed.
 
+use crate::checkpoint::write_atomic;
 use crate::search::SearchMetrics;
 use crate::train::EpochMetrics;
 use image::ImageEncoder;
@@ -41,6 +42,9 @@ pub enum PlotError {
     /// The run has not finished an epoch yet.
     #[error("{0}: no epochs recorded yet")]
     Empty(PathBuf),
+    /// Writing a picture failed.
+    #[error(transparent)]
+    Write(#[from] crate::train::TrainError),
     /// plotters failed.
     #[error("{path}: drawing failed: {problem}")]
     Draw {
@@ -335,19 +339,6 @@ macro_rules! render {
         write_atomic(&png_path, &png)?;
         vec![svg_path, png_path]
     }};
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("out")
-    ));
-    let io = |source| PlotError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Renders the pictures of the run in `run` into `out` (created if needed) and returns
