@@ -59,6 +59,7 @@ macro_rules! each {
     };
 }
 
+#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
 fn not_compiled(name: &str) -> RuntimeError {
     RuntimeError::Device(format!(
         "--device {name}: this binary was built without the '{name}' feature; rebuild with `cargo build --release --features {name}`"
