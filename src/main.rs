@@ -464,6 +464,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The ONNX metadata of a training run: its genotype, normalization, classes, data set.
+fn run_metadata(run: &splitnas_search::train::RunConfig) -> Metadata {
+    Metadata {
+        genotype: run.genotype_darts.clone(),
+        mean: run.mean.clone(),
+        std: run.std.clone(),
+        classes: run.classes.clone(),
+        dataset: run.dataset.clone(),
+    }
+}
+
 fn run_export(a: ExportArgs) -> Result<()> {
     type B = burn::backend::Flex;
     let device = Default::default();
@@ -471,13 +482,7 @@ fn run_export(a: ExportArgs) -> Result<()> {
         (Some(dir), _) => {
             let (run, net) =
                 load_run::<B>(dir, &device).with_context(|| format!("--run {}", dir.display()))?;
-            let meta = Metadata {
-                genotype: run.genotype_darts.clone(),
-                mean: run.mean.clone(),
-                std: run.std.clone(),
-                classes: run.classes.clone(),
-                dataset: run.dataset.clone(),
-            };
+            let meta = run_metadata(&run);
             (run.network, net, meta)
         }
         (None, Some(g)) => {

@@ -4,7 +4,7 @@
 //! run's curves -> print a summary table. Glue only: every stage is a library call.
 
 use anyhow::{bail, Context, Result};
-use splitnas_export::{export, Metadata};
+use splitnas_export::export;
 use splitnas_models::draw::genotype_svg;
 use splitnas_runtime::{input, AnyModel, DeviceKind as RuntimeDevice};
 use splitnas_search::architect::Order;
@@ -238,13 +238,7 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
         type B = burn::backend::Flex;
         let dev = Default::default();
         let (run, net) = load_run::<B>(&out.join("train"), &dev).context("export stage")?;
-        let meta = Metadata {
-            genotype: run.genotype_darts.clone(),
-            mean: run.mean.clone(),
-            std: run.std.clone(),
-            classes: run.classes.clone(),
-            dataset: run.dataset.clone(),
-        };
+        let meta = crate::run_metadata(&run);
         let r = export(&net, &run.network, &meta, &onnx).context("export stage")?;
         rows.push(Row {
             stage: "export",

@@ -7,7 +7,8 @@ use splitnas_search::data::{self, DataOptions, DatasetKind};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
-use tract_onnx::prelude::*;
+mod common;
+use common::tract;
 
 fn splitnas(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_splitnas"))
@@ -52,29 +53,6 @@ fn metadata(model: &ModelProto) -> HashMap<String, String> {
         .metadata_props
         .iter()
         .map(|p| (p.key.clone(), p.value.clone()))
-        .collect()
-}
-
-/// Logits `[n, classes]` from tract.
-fn tract_run(path: &Path, x: Vec<f32>, shape: [usize; 4]) -> Vec<f32> {
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
-        .unwrap()
-        .with_input_fact(0, f32::fact(shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let input: Tensor = tract_ndarray::Array4::from_shape_vec(shape, x)
-        .unwrap()
-        .into();
-    let out = model.run(tvec!(input.into())).unwrap();
-    out[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
         .collect()
 }
 
@@ -127,7 +105,7 @@ fn template_export_reports_what_the_file_holds() {
     assert_eq!(meta["dataset"], "none");
     assert_eq!(meta["mean"], "[0.0]");
     let x: Vec<f32> = (0..2 * 16 * 16).map(|i| (i % 7) as f32 / 7.0).collect();
-    let logits = tract_run(&path, x, [2, 1, 16, 16]);
+    let logits = tract(&path, &x, [2, 1, 16, 16]);
     assert_eq!(logits.len(), 2 * 5);
     assert!(logits.iter().all(|v| v.is_finite()));
 
@@ -228,7 +206,7 @@ fn trained_run_exports_with_its_metadata_and_accuracy() {
             (p as f32 / 255.0 - mean[ch]) / std[ch]
         })
         .collect();
-    let logits = tract_run(&onnx, x, [t.len(), c, s, s]);
+    let logits = tract(&onnx, &x, [t.len(), c, s, s]);
     let k = classes.len();
     let correct = logits
         .chunks(k)

@@ -239,35 +239,26 @@ fn genotype_draw_and_plot_commands() {
         .unwrap();
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("NOPE"));
-    let r = splitnas()
-        .args([
-            "plot",
-            tmp.path().to_str().unwrap(),
-            "--out",
-            tmp.path().join("p").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!r.status.success());
-    let err = String::from_utf8_lossy(&r.stderr);
+    let plot_fails = || {
+        let r = splitnas()
+            .args([
+                "plot",
+                tmp.path().to_str().unwrap(),
+                "--out",
+                tmp.path().join("p").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(!r.status.success());
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let err = plot_fails();
     assert!(
         err.contains("not a run directory") && err.contains(tmp.path().to_str().unwrap()),
         "{err}"
     );
     // A corrupt metrics file names the file and line.
     std::fs::write(tmp.path().join("metrics.jsonl"), "{\"epoch\": 1}\n").unwrap();
-    let r = splitnas()
-        .args([
-            "plot",
-            tmp.path().to_str().unwrap(),
-            "--out",
-            tmp.path().join("p").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        !r.status.success() && err.contains("metrics.jsonl: line 1"),
-        "{err}"
-    );
+    let err = plot_fails();
+    assert!(err.contains("metrics.jsonl: line 1"), "{err}");
 }

@@ -7,7 +7,8 @@
 
 use splitnas_search::data::{self, DataOptions, DatasetKind};
 use std::process::Command;
-use tract_onnx::prelude::*;
+mod common;
+use common::tract;
 
 #[test]
 fn darts_v2_reaches_072_on_real_fashion_mnist() {
@@ -107,21 +108,7 @@ fn exported_model_gives_the_reported_accuracy(run: &std::path::Path, reported: f
         .map(|&p| (p as f32 / 255.0 - mean[0]) / std[0])
         .collect();
     let shape = [test.len(), 1, 28, 28];
-    let runnable = tract_onnx::onnx()
-        .model_for_read(&mut &*bytes)
-        .unwrap()
-        .with_input_fact(0, f32::fact(shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let input: Tensor = tract_ndarray::Array4::from_shape_vec(shape, x)
-        .unwrap()
-        .into();
-    let out = runnable.run(tvec!(input.into())).unwrap();
-    let logits = out[0].to_plain_array_view::<f32>().unwrap();
-    let logits: Vec<f32> = logits.iter().copied().collect();
+    let logits = tract(&onnx, &x, shape);
     let correct = logits
         .chunks(10)
         .zip(&test.labels)

@@ -341,6 +341,20 @@ macro_rules! render {
     }};
 }
 
+/// Loss and accuracy curves from rows `[epoch, train loss, held-out loss, train acc,
+/// held-out acc]`; `names` labels the training and the held-out series.
+fn curves(title: String, names: [&'static str; 2], rows: &[[f64; 5]]) -> Curves {
+    let series = |name, col: usize| Series {
+        name,
+        points: rows.iter().map(|r| (r[0], r[col])).collect(),
+    };
+    Curves {
+        title,
+        loss: vec![series(names[0], 1), series(names[1], 2)],
+        acc: vec![series(names[0], 3), series(names[1], 4)],
+    }
+}
+
 /// Renders the pictures of the run in `run` into `out` (created if needed) and returns
 /// the files written: `curves.svg`/`.png` (loss and accuracy per epoch) for a training or
 /// a search run, plus `op_weights.svg`/`.png` (softmax(alpha) of every edge per epoch,
@@ -364,30 +378,23 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<Vec<PathBuf>, PlotError> {
         if m.is_empty() {
             return Err(PlotError::Empty(train_file));
         }
-        let pts = |f: fn(&EpochMetrics) -> f64| m.iter().map(|e| (e.epoch as f64, f(e))).collect();
-        let c = Curves {
-            title: format!("training run {}", run.display()),
-            loss: vec![
-                Series {
-                    name: "train",
-                    points: pts(|e| e.train_loss),
-                },
-                Series {
-                    name: "test",
-                    points: pts(|e| e.test_loss),
-                },
-            ],
-            acc: vec![
-                Series {
-                    name: "train",
-                    points: pts(|e| e.train_acc),
-                },
-                Series {
-                    name: "test",
-                    points: pts(|e| e.test_acc),
-                },
-            ],
-        };
+        let rows: Vec<[f64; 5]> = m
+            .iter()
+            .map(|e| {
+                [
+                    e.epoch as f64,
+                    e.train_loss,
+                    e.test_loss,
+                    e.train_acc,
+                    e.test_acc,
+                ]
+            })
+            .collect();
+        let c = curves(
+            format!("training run {}", run.display()),
+            ["train", "test"],
+            &rows,
+        );
         let stem = out.join(if both { "train_curves" } else { "curves" });
         written.extend(render!(&stem, (960, 400), draw_curves, &c));
     }
@@ -396,30 +403,23 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<Vec<PathBuf>, PlotError> {
         if m.is_empty() {
             return Err(PlotError::Empty(search_file));
         }
-        let pts = |f: fn(&SearchMetrics) -> f64| m.iter().map(|e| (e.epoch as f64, f(e))).collect();
-        let c = Curves {
-            title: format!("search run {}", run.display()),
-            loss: vec![
-                Series {
-                    name: "train (weight half)",
-                    points: pts(|e| e.train_loss),
-                },
-                Series {
-                    name: "valid (architecture half)",
-                    points: pts(|e| e.valid_loss),
-                },
-            ],
-            acc: vec![
-                Series {
-                    name: "train (weight half)",
-                    points: pts(|e| e.train_acc),
-                },
-                Series {
-                    name: "valid (architecture half)",
-                    points: pts(|e| e.valid_acc),
-                },
-            ],
-        };
+        let rows: Vec<[f64; 5]> = m
+            .iter()
+            .map(|e| {
+                [
+                    e.epoch as f64,
+                    e.train_loss,
+                    e.valid_loss,
+                    e.train_acc,
+                    e.valid_acc,
+                ]
+            })
+            .collect();
+        let c = curves(
+            format!("search run {}", run.display()),
+            ["train (weight half)", "valid (architecture half)"],
+            &rows,
+        );
         let stem = out.join(if both { "search_curves" } else { "curves" });
         written.extend(render!(&stem, (960, 400), draw_curves, &c));
         let with_weights: Vec<&SearchMetrics> = m.iter().filter(|e| e.weights.is_some()).collect();
