@@ -131,6 +131,12 @@ enum BenchCmd {
         partial_k: usize,
         #[arg(long, default_value = "split")]
         selector: String,
+        /// Slim-DARTS spatial reconstruction unit in every MixedOp.
+        #[arg(long)]
+        spatial_reconstruction: bool,
+        /// Slim-DARTS learned proportion (branches with 1/2, 1/4, 1/8 of the channels).
+        #[arg(long)]
+        learn_proportion: bool,
         #[arg(long, default_value = "first")]
         order: String,
         #[arg(long, default_value_t = 16)]
@@ -213,13 +219,27 @@ struct SearchArgs {
     #[arg(long)]
     lr: Option<f64>,
     /// Partial channel factor K: C/K channels of each edge enter the operations (1 = DARTS).
-    #[arg(long, default_value_t = 4)]
-    partial_k: usize,
+    /// Default 4.
+    #[arg(long)]
+    partial_k: Option<usize>,
     /// Channel selection: split (CSC-DARTS: fixed split + channel shuffle), random
     /// (PC-DARTS-style subset per step) or attention (ADARTS: top-scored channels of a
     /// channel-attention module, weighted by their scores).
     #[arg(long, default_value = "split")]
     selector: String,
+    /// Slim-DARTS: a spatial reconstruction unit (group-norm gated, cross-reconstructed)
+    /// on the channels entering every MixedOp.
+    #[arg(long)]
+    spatial_reconstruction: bool,
+    /// Slim-DARTS: learn each edge's proportion of processed channels (a softmax mixture of
+    /// 1/2, 1/4 and 1/8, trained with the architecture) instead of a fixed --partial-k.
+    #[arg(long, conflicts_with = "partial_k")]
+    learn_proportion: bool,
+    /// LFR-DARTS: search the 3 stages (cells before, between and after the reductions) one
+    /// after the other, shallow to deep, each on the derived cells of the earlier ones;
+    /// the --epochs are split between the stages, each starting with --warmup-epochs.
+    #[arg(long, value_name = "S")]
+    progressive: Option<usize>,
     /// CSC-DARTS identity connection on every cell (default on).
     #[arg(long, overrides_with = "no_identity")]
     identity: bool,
@@ -389,9 +409,12 @@ fn run_search(a: SearchArgs) -> Result<()> {
         supernet: SupernetConfig::new()
             .with_channels(a.channels)
             .with_layers(a.layers)
-            .with_partial_k(a.partial_k)
+            .with_partial_k(a.partial_k.unwrap_or(4))
             .with_selector(selector)
-            .with_identity(a.identity || !a.no_identity),
+            .with_identity(a.identity || !a.no_identity)
+            .with_spatial_reconstruction(a.spatial_reconstruction)
+            .with_learn_proportion(a.learn_proportion)
+            .with_stages(a.progressive.unwrap_or(1)),
         recipe: SearchRecipe {
             epochs: a.epochs,
             batch_size: a.batch_size,
@@ -694,6 +717,8 @@ fn real_main() -> Result<()> {
         Some(Command::Bench(BenchCmd::SearchStep {
             partial_k,
             selector,
+            spatial_reconstruction,
+            learn_proportion,
             order,
             channels,
             layers,
@@ -718,6 +743,8 @@ fn real_main() -> Result<()> {
                     .with_layers(layers)
                     .with_partial_k(partial_k)
                     .with_selector(selector)
+                    .with_spatial_reconstruction(spatial_reconstruction)
+                    .with_learn_proportion(learn_proportion)
                     .with_in_channels(in_channels)
                     .with_image_size(image_size),
                 order,

@@ -326,6 +326,59 @@ mod tests {
         assert_eq!(present(&g, &arch_ids), 4);
     }
 
+    /// Slim-DARTS: the proportion parameters are architecture parameters (gradients in
+    /// both architecture steps, none in the weight step); the SRU's gamma/beta are weights.
+    #[test]
+    fn proportion_and_sru_parameters_train_in_their_own_steps() {
+        let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let device = Default::default();
+        <A as burn::tensor::backend::Backend>::seed(&device, 7);
+        let net = SupernetConfig::new()
+            .with_channels(16)
+            .with_layers(3)
+            .with_in_channels(1)
+            .with_image_size(8)
+            .with_classes(3)
+            .with_learn_proportion(true)
+            .with_spatial_reconstruction(true)
+            .init::<A>(&device)
+            .unwrap();
+        let prop_ids: Vec<_> = [&net.arch.proportions_normal, &net.arch.proportions_reduce]
+            .iter()
+            .map(|p| p.as_ref().expect("proportion parameters").id)
+            .collect();
+        let mut sru_ids = vec![];
+        for cell in &net.weights.cells {
+            for edge in &cell.edges {
+                for branch in &edge.branches {
+                    sru_ids.extend(ids(branch.sru.as_ref().expect("SRU on every branch")));
+                }
+            }
+        }
+        // 3 cells x 14 edges x 3 branches x (gamma, beta).
+        assert_eq!(sru_ids.len(), 3 * 14 * 3 * 2);
+        let arch_ids = ids(&net.arch);
+        assert_eq!(arch_ids.len(), 6);
+        let mut rng = StdRng::seed_from_u64(0);
+        let (g, _, _) = weight_grads(&net, batch(1), &mut rng);
+        assert_eq!(present(&g, &sru_ids), sru_ids.len());
+        assert_eq!(present(&g, &arch_ids), 0);
+        let (g, _) = arch_grads_first(&net, batch(1), &mut rng);
+        assert_eq!(present(&g, &prop_ids), 2);
+        assert_eq!(present(&g, &arch_ids), 6);
+        assert_eq!(present(&g, &sru_ids), 0);
+        let optim = SgdConfig::new().init::<A, Supernet<A>>();
+        let (g, _) = arch_grads_second(&net, &optim, 0.1, batch(1), batch(2), &mut rng);
+        assert_eq!(present(&g, &prop_ids), 2);
+        assert_eq!(present(&g, &sru_ids), 0);
+        // The proportion gradient is not zero (the branches differ).
+        let gp = g
+            .get::<burn::backend::NdArray<f64>, 2>(prop_ids[0])
+            .expect("gradient");
+        let v: Vec<f64> = gp.into_data().iter::<f64>().collect();
+        assert!(v.iter().any(|x| x.abs() > 1e-12), "{v:?}");
+    }
+
     fn flat(t: Tensor<A, 2>) -> Vec<f64> {
         t.into_data().iter::<f64>().collect()
     }

@@ -16,5 +16,6 @@ pub mod device;
 pub mod mixed_op;
 pub mod plot;
 pub mod search;
+pub mod sru;
 pub mod supernet;
 pub mod train;

@@ -23,6 +23,7 @@
 //!   weight step, constant in the architecture step. Selected channels enter the
 //!   operations in ascending channel order.
 
+use crate::sru::SpatialReconstruction;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{relu, sigmoid};
@@ -148,21 +149,78 @@ impl<B: Backend> SearchOp<B> {
     }
 }
 
-/// A supernet edge (see the module documentation).
+/// Candidate channel proportions of `--learn-proportion` (Slim-DARTS), as partial factors:
+/// 1/2, 1/4 and 1/8 of the channels enter the operations.
+pub const PROPORTION_KS: [usize; 3] = [2, 4, 8];
+
+/// The operations of one partial factor K: the 7 non-`none` operations on C/K channels,
+/// and the optional spatial reconstruction unit in front of them.
 #[derive(Module, Debug)]
-pub struct MixedOp<B: Backend> {
+pub struct Branch<B: Backend> {
     /// The 7 operations other than `none`, in [`Primitive::ALL`] order (index i here is
     /// primitive i + 1). `none` contributes zeros and is not computed; its alpha still
     /// takes part in the softmax.
     pub ops: Vec<SearchOp<B>>,
+    /// Partial factor K of this branch.
+    pub partial_k: usize,
+    /// Slim-DARTS spatial reconstruction of the selected channels (`--spatial-reconstruction`).
+    pub sru: Option<SpatialReconstruction<B>>,
+}
+
+impl<B: Backend> Branch<B> {
+    fn new(channels: usize, stride: usize, k: usize, sru: bool, device: &B::Device) -> Self {
+        let c = channels / k;
+        let ops = Primitive::ALL[1..]
+            .iter()
+            .map(|&p| {
+                let pool = matches!(p, Primitive::MaxPool3x3 | Primitive::AvgPool3x3);
+                SearchOp {
+                    op: Op::new(p, c, stride, false, device),
+                    bn: pool.then(|| BatchNorm2dConfig::new(c).with_affine(false).init(device)),
+                }
+            })
+            .collect();
+        Self {
+            ops,
+            partial_k: k,
+            sru: sru.then(|| SpatialReconstruction::new(c, device)),
+        }
+    }
+
+    /// SRU (when on), then the softmax(alpha)-weighted sum of the operations.
+    fn op_sum(&self, x: Tensor<B, 4>, weights: Tensor<B, 1>) -> Tensor<B, 4> {
+        let x = match &self.sru {
+            Some(sru) => sru.forward(x),
+            None => x,
+        };
+        let mut sum: Option<Tensor<B, 4>> = None;
+        for (i, op) in self.ops.iter().enumerate() {
+            let wi = weights.clone().slice([i + 1..i + 2]).reshape([1, 1, 1, 1]);
+            let y = op.forward(x.clone()).mul(wi);
+            sum = Some(match sum {
+                Some(s) => s.add(y),
+                None => y,
+            });
+        }
+        // `ops` always holds the 7 non-`none` operations.
+        sum.unwrap_or(x)
+    }
+}
+
+/// A supernet edge (see the module documentation): one [`Branch`] for a fixed K, or one
+/// per candidate proportion ([`PROPORTION_KS`]) with `--learn-proportion`, whose outputs
+/// are mixed with the edge's softmaxed proportion parameters.
+#[derive(Module, Debug)]
+pub struct MixedOp<B: Backend> {
+    /// The operations per partial factor.
+    pub branches: Vec<Branch<B>>,
     /// 1 or 2.
     pub stride: usize,
-    /// Partial factor K.
-    pub partial_k: usize,
     /// Channel selection.
     #[module(skip)]
     pub selector: SelectorKind,
-    /// The `attention` selector's scoring module (None for the other selectors).
+    /// The `attention` selector's scoring module (None for the other selectors); shared by
+    /// the branches (each takes its own number of top-scored channels).
     pub attention: Option<ChannelAttention<B>>,
 }
 
@@ -175,26 +233,36 @@ impl<B: Backend> MixedOp<B> {
         selector: SelectorKind,
         device: &B::Device,
     ) -> Self {
-        let c = channels / partial_k.max(1);
-        let ops = Primitive::ALL[1..]
+        Self::with_branches(channels, stride, &[partial_k], selector, false, device)
+    }
+
+    /// An edge with one branch per partial factor in `partial_ks` (each divides
+    /// `channels`), with or without the spatial reconstruction unit.
+    pub fn with_branches(
+        channels: usize,
+        stride: usize,
+        partial_ks: &[usize],
+        selector: SelectorKind,
+        sru: bool,
+        device: &B::Device,
+    ) -> Self {
+        let branches: Vec<Branch<B>> = partial_ks
             .iter()
-            .map(|&p| {
-                let pool = matches!(p, Primitive::MaxPool3x3 | Primitive::AvgPool3x3);
-                SearchOp {
-                    op: Op::new(p, c, stride, false, device),
-                    bn: pool.then(|| BatchNorm2dConfig::new(c).with_affine(false).init(device)),
-                }
-            })
+            .map(|&k| Branch::new(channels, stride, k.max(1), sru, device))
             .collect();
-        let attention = (selector == SelectorKind::Attention && partial_k > 1)
+        let attention = (selector == SelectorKind::Attention && partial_ks.iter().any(|&k| k > 1))
             .then(|| ChannelAttention::new(channels, device));
         Self {
-            ops,
+            branches,
             stride,
-            partial_k: partial_k.max(1),
             selector,
             attention,
         }
+    }
+
+    /// Partial factor of the first branch (the only one without learned proportions).
+    pub fn partial_k(&self) -> usize {
+        self.branches.first().map_or(1, |b| b.partial_k)
     }
 
     /// Weighted sum of the operations on the selected channels, merged with the bypass.
@@ -209,49 +277,115 @@ impl<B: Backend> MixedOp<B> {
         weights: Tensor<B, 1>,
         rng: &mut StdRng,
     ) -> Tensor<B, 4> {
-        let [n, c, h, w] = x.dims();
-        let k = self.partial_k;
-        if k == 1 {
-            return self.op_sum(x, weights);
-        }
-        let ck = c / k;
-        match self.selector {
-            SelectorKind::Split => {
-                let selected = contiguous(x.clone().slice([0..n, 0..ck, 0..h, 0..w]));
-                let bypass = x.slice([0..n, ck..c, 0..h, 0..w]);
-                let summed = contiguous(self.op_sum(selected, weights));
-                let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
-                channel_shuffle(merged, k)
-            }
-            SelectorKind::Random => {
-                let mut perm: Vec<usize> = (0..c).collect();
-                perm.shuffle(rng);
-                self.select_and_restore(x, &perm, ck, weights, None)
-            }
-            SelectorKind::Attention => {
-                let Some(attention) = &self.attention else {
-                    // `new` builds the module for this selector whenever K > 1.
-                    return self.op_sum(x, weights);
-                };
-                let scores = attention.forward(x.clone());
-                let mean: Vec<f32> = scores
-                    .clone()
+        self.forward_mixed(x, weights, None, rng)
+    }
+
+    /// [`forward`](Self::forward) with the edge's softmaxed proportion weights (one per
+    /// branch; `None`: equal weights) mixing the branches' outputs.
+    ///
+    /// # Shapes
+    /// `x: [N, C, H, W]`, `weights: [8]`, `proportions: [branches]` ->
+    /// `[N, C, ceil(H/s), ceil(W/s)]`
+    pub fn forward_mixed(
+        &self,
+        x: Tensor<B, 4>,
+        weights: Tensor<B, 1>,
+        proportions: Option<Tensor<B, 1>>,
+        rng: &mut StdRng,
+    ) -> Tensor<B, 4> {
+        let c = x.dims()[1];
+        // What the selectors share between branches: one random permutation (branch K
+        // takes its first C/K entries, so the subsets are nested), one attention score.
+        let perm: Vec<usize> = if self.selector == SelectorKind::Random {
+            let mut perm: Vec<usize> = (0..c).collect();
+            perm.shuffle(rng);
+            perm
+        } else {
+            vec![]
+        };
+        let scores = match (&self.attention, self.selector) {
+            (Some(att), SelectorKind::Attention) => Some(att.forward(x.clone())),
+            _ => None,
+        };
+        let mean: Vec<f32> = scores
+            .as_ref()
+            .map(|s| {
+                s.clone()
                     .mean_dim(0)
                     .into_data()
                     .convert::<f32>()
                     .to_vec()
-                    .unwrap_or_default();
-                let perm = attention_order(&mean, ck);
-                self.select_and_restore(x, &perm, ck, weights, Some(scores))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let single = self.branches.len() == 1;
+        let mut sum: Option<Tensor<B, 4>> = None;
+        for (i, branch) in self.branches.iter().enumerate() {
+            let mut y = self.branch_forward(
+                branch,
+                x.clone(),
+                weights.clone(),
+                &perm,
+                scores.clone(),
+                &mean,
+            );
+            if !single {
+                let p = match &proportions {
+                    Some(p) => p.clone().slice([i..i + 1]).reshape([1, 1, 1, 1]),
+                    None => {
+                        Tensor::full([1, 1, 1, 1], 1.0 / self.branches.len() as f32, &x.device())
+                    }
+                };
+                y = y.mul(p);
+            }
+            sum = Some(match sum {
+                Some(s) => s.add(y),
+                None => y,
+            });
+        }
+        sum.unwrap_or(x)
+    }
+
+    fn branch_forward(
+        &self,
+        branch: &Branch<B>,
+        x: Tensor<B, 4>,
+        weights: Tensor<B, 1>,
+        perm: &[usize],
+        scores: Option<Tensor<B, 2>>,
+        mean_scores: &[f32],
+    ) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        let k = branch.partial_k;
+        if k == 1 {
+            return branch.op_sum(x, weights);
+        }
+        let ck = c / k;
+        match (self.selector, scores) {
+            (SelectorKind::Random, _) => {
+                self.select_and_restore(branch, x, perm, ck, weights, None)
+            }
+            (SelectorKind::Attention, Some(scores)) => {
+                let order = attention_order(mean_scores, ck);
+                self.select_and_restore(branch, x, &order, ck, weights, Some(scores))
+            }
+            // Split (and attention without its module, which `new` never builds).
+            _ => {
+                let selected = contiguous(x.clone().slice([0..n, 0..ck, 0..h, 0..w]));
+                let bypass = x.slice([0..n, ck..c, 0..h, 0..w]);
+                let summed = contiguous(branch.op_sum(selected, weights));
+                let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
+                channel_shuffle(merged, k)
             }
         }
     }
 
-    /// Sends input channels `perm[..ck]` through the operations (each multiplied by its
-    /// score when `scores` `[N, C]` is given), bypasses `perm[ck..]`, and puts every
+    /// Sends input channels `perm[..ck]` through the branch's operations (each multiplied
+    /// by its score when `scores` `[N, C]` is given), bypasses `perm[ck..]`, and puts every
     /// channel back at its input position.
     fn select_and_restore(
         &self,
+        branch: &Branch<B>,
         x: Tensor<B, 4>,
         perm: &[usize],
         ck: usize,
@@ -270,7 +404,7 @@ impl<B: Backend> MixedOp<B> {
             selected = selected.mul(s);
         }
         let bypass = x.select(1, index(&perm[ck..]));
-        let summed = contiguous(self.op_sum(selected, weights));
+        let summed = contiguous(branch.op_sum(selected, weights));
         let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
         // merged channel j came from input channel perm[j]: put it back there.
         let mut inverse = vec![0usize; c];
@@ -278,20 +412,6 @@ impl<B: Backend> MixedOp<B> {
             inverse[p] = j;
         }
         merged.select(1, index(&inverse))
-    }
-
-    fn op_sum(&self, x: Tensor<B, 4>, weights: Tensor<B, 1>) -> Tensor<B, 4> {
-        let mut sum: Option<Tensor<B, 4>> = None;
-        for (i, op) in self.ops.iter().enumerate() {
-            let wi = weights.clone().slice([i + 1..i + 2]).reshape([1, 1, 1, 1]);
-            let y = op.forward(x.clone()).mul(wi);
-            sum = Some(match sum {
-                Some(s) => s.add(y),
-                None => y,
-            });
-        }
-        // `ops` always holds the 7 non-`none` operations.
-        sum.unwrap_or(x)
     }
 
     fn bypass(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -365,7 +485,7 @@ mod tests {
                 for (stride, side) in [(1, 8), (2, 4)] {
                     let op = MixedOp::<B>::new(16, stride, k, selector, &device);
                     assert_eq!(
-                        op.ops[0]
+                        op.branches[0].ops[0]
                             .op
                             .forward(x.clone().slice([0..2, 0..16 / k, 0..8, 0..8]))
                             .dims()[1],
@@ -445,6 +565,117 @@ mod tests {
             })
             .count();
         assert_eq!(same, 6);
+    }
+
+    /// Learned proportions and the SRU: every selector, both strides, output shape kept;
+    /// branches hold 7 ops on C/2, C/4, C/8 channels.
+    #[test]
+    fn proportion_branches_and_sru_keep_the_shape() {
+        let device = Default::default();
+        let mut rng = StdRng::seed_from_u64(2);
+        let x = Tensor::<B, 4>::random([2, 16, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let p = burn::tensor::activation::softmax(
+            Tensor::<B, 1>::from_floats([0.3, -0.1, 0.5], &device),
+            0,
+        );
+        for selector in [
+            SelectorKind::Split,
+            SelectorKind::Random,
+            SelectorKind::Attention,
+        ] {
+            for sru in [false, true] {
+                for (stride, side) in [(1, 8), (2, 4)] {
+                    let op = MixedOp::<B>::with_branches(
+                        16,
+                        stride,
+                        &PROPORTION_KS,
+                        selector,
+                        sru,
+                        &device,
+                    );
+                    let widths: Vec<usize> = op
+                        .branches
+                        .iter()
+                        .map(|b| match &b.sru {
+                            Some(s) => s.gamma.val().dims()[0],
+                            None => 16 / b.partial_k,
+                        })
+                        .collect();
+                    assert_eq!(widths, vec![8, 4, 2]);
+                    assert!(op
+                        .branches
+                        .iter()
+                        .all(|b| b.ops.len() == 7 && b.sru.is_some() == sru));
+                    let y = op.forward_mixed(x.clone(), weights(), Some(p.clone()), &mut rng);
+                    assert_eq!(
+                        y.dims(),
+                        [2, 16, side, side],
+                        "{selector:?} sru={sru} s={stride}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The edge output is the proportion-weighted sum of its branches, each branch being
+    /// exactly the fixed-K edge made of that branch alone (split selector: deterministic).
+    #[test]
+    fn proportions_mix_the_fixed_k_edges_linearly() {
+        let device = Default::default();
+        let mut rng = StdRng::seed_from_u64(4);
+        let x = Tensor::<B, 4>::random([2, 16, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let w = weights();
+        let op =
+            MixedOp::<B>::with_branches(16, 1, &PROPORTION_KS, SelectorKind::Split, true, &device);
+        // Parameters are initialized lazily, and a clone of an uninitialized parameter
+        // initializes on its own: run the edge once so the branch clones share its values.
+        let _ = op.forward_mixed(x.clone(), w.clone(), None, &mut rng);
+        let alone: Vec<Vec<f32>> = op
+            .branches
+            .iter()
+            .map(|b| {
+                let single = MixedOp {
+                    branches: vec![b.clone()],
+                    stride: 1,
+                    selector: SelectorKind::Split,
+                    attention: None,
+                };
+                single
+                    .forward(x.clone(), w.clone(), &mut rng)
+                    .into_data()
+                    .iter::<f32>()
+                    .collect()
+            })
+            .collect();
+        let pv = [0.5f32, 0.3, 0.2];
+        let y: Vec<f32> = op
+            .forward_mixed(
+                x.clone(),
+                w.clone(),
+                Some(Tensor::from_floats(pv, &device)),
+                &mut rng,
+            )
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let mut worst = 0f32;
+        for (i, v) in y.iter().enumerate() {
+            let expect: f32 = (0..3).map(|b| pv[b] * alone[b][i]).sum();
+            worst = worst.max((v - expect).abs());
+        }
+        assert!(worst < 1e-5, "{worst}");
+        // One-hot on K = 8: exactly the K = 8 edge.
+        let y: Vec<f32> = op
+            .forward_mixed(
+                x.clone(),
+                w,
+                Some(Tensor::from_floats([0.0, 0.0, 1.0], &device)),
+                &mut rng,
+            )
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        assert_eq!(y, alone[2]);
     }
 
     /// The attention selector's choice, recomputed here by hand from the module's

@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use splitnas_models::Genotype;
+use splitnas_models::{CellPair, Genotype};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -140,6 +140,46 @@ pub struct SearchMetrics {
     /// (what `splitnas plot` draws as the evolution of each edge's op weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<EpochWeights>,
+    /// Progressive search: the stage (1-based) this epoch searched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<usize>,
+    /// `--learn-proportion`: mean learned proportion of channels over the edges
+    /// (per-edge values are in `weights`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proportion: Option<Entropy>,
+}
+
+/// The epochs of each stage of a search with `stages` stages: consecutive blocks, the
+/// remainder going to the deepest stages (a plain search has one block of all epochs).
+pub fn stage_epochs(epochs: usize, stages: usize) -> Vec<std::ops::Range<usize>> {
+    let stages = stages.max(1);
+    let (base, extra) = (epochs / stages, epochs % stages);
+    let mut start = 0;
+    (0..stages)
+        .map(|s| {
+            let len = base + usize::from(s >= stages - extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .collect()
+}
+
+/// The genotype of a progressive search so far: the derived pairs of the finished stages,
+/// then the current stage's pair for the current and every deeper stage. Stage 0 has no
+/// reduction cell (the first one opens stage 1), so its (unused) reduction cell is
+/// stage 1's. A plain search gives the uniform genotype of `current`.
+pub fn compose_genotype(frozen: &[CellPair], current: &CellPair, stages: usize) -> Genotype {
+    if stages <= 1 {
+        return Genotype::uniform(current.normal.clone(), current.reduce.clone())
+            .unwrap_or_else(|_| unreachable!("derived cells are valid"));
+    }
+    let mut pairs: Vec<CellPair> = frozen.to_vec();
+    while pairs.len() < stages {
+        pairs.push(current.clone());
+    }
+    pairs[0].reduce = pairs[1].reduce.clone();
+    Genotype::new(pairs).unwrap_or_else(|_| unreachable!("derived cells are valid"))
 }
 
 /// Architecture weights of both cell types after one epoch.
@@ -162,6 +202,9 @@ pub struct AlphasFile {
     pub normal: CellWeights,
     /// Reduction cell weights.
     pub reduce: CellWeights,
+    /// Progressive search: the stage (1-based) these weights belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<usize>,
 }
 
 /// Result of a finished search.
@@ -182,6 +225,20 @@ fn flag(flag: &'static str, problem: impl Into<String>) -> TrainError {
     }
 }
 
+/// The error of a supernet configuration, under the flag its message starts with.
+fn supernet_flag(problem: String) -> TrainError {
+    for f in [
+        "--learn-proportion",
+        "--progressive",
+        "--spatial-reconstruction",
+    ] {
+        if let Some(rest) = problem.strip_prefix(f) {
+            return flag(f, rest.trim_start());
+        }
+    }
+    flag("--partial-k/--channels/--layers", problem)
+}
+
 /// Checks the flags that need no data.
 pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
     let r = &o.recipe;
@@ -194,7 +251,28 @@ pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
     if !(r.lr.is_finite() && r.lr > 0.0) {
         return Err(flag("--lr", "must be a positive number"));
     }
-    if r.warmup_epochs >= r.epochs {
+    let stages = o.supernet.stages;
+    if stages > 1 {
+        let blocks = stage_epochs(r.epochs, stages);
+        if let Some((s, b)) = blocks
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.len() <= r.warmup_epochs)
+        {
+            let lens: Vec<String> = blocks.iter().map(|b| b.len().to_string()).collect();
+            return Err(flag(
+                "--progressive",
+                format!(
+                    "{stages} stages split the {} epochs into stages of {} epochs; with --warmup-epochs {} (per stage), stage {} ({} epochs) has no epoch left to search the architecture: use more --epochs or fewer warm-up epochs",
+                    r.epochs,
+                    lens.join(", "),
+                    r.warmup_epochs,
+                    s + 1,
+                    b.len()
+                ),
+            ));
+        }
+    } else if r.warmup_epochs >= r.epochs {
         return Err(flag(
             "--warmup-epochs",
             format!(
@@ -209,9 +287,7 @@ pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
     if o.data.train_limit == Some(0) {
         return Err(flag("--train-limit", "must be at least 1"));
     }
-    o.supernet
-        .validate()
-        .map_err(|p| flag("--partial-k/--channels/--layers", p))
+    o.supernet.validate().map_err(supernet_flag)
 }
 
 /// Runs `splitnas search` on `device`.
@@ -310,9 +386,7 @@ pub fn search_on<B: AutodiffBackend>(
                 .with_classes(data.classes.len())
                 .with_in_channels(data.train.channels)
                 .with_image_size(data.train.side);
-            supernet
-                .validate()
-                .map_err(|p| flag("--partial-k/--channels/--layers", p))?;
+            supernet.validate().map_err(supernet_flag)?;
             let (mean, std) = data.train.mean_std();
             let cfg = SearchConfig {
                 supernet,
@@ -335,25 +409,56 @@ pub fn search_on<B: AutodiffBackend>(
     };
     let r = cfg.recipe.clone();
 
+    let stages = cfg.supernet.stages.max(1);
+    let blocks = stage_epochs(r.epochs, stages);
+    let stage_of = |epoch: usize| blocks.iter().position(|b| b.contains(&epoch)).unwrap_or(0);
+    // Progressive search: the derived pairs of the finished stages. On resume they come
+    // from search.jsonl (the genotype after each finished stage's last epoch).
+    let mut frozen: Vec<CellPair> = vec![];
+    if let Some(s) = &state {
+        if stages > 1 && s.epoch > 0 {
+            for stage in 0..stage_of(s.epoch - 1) {
+                let last = blocks[stage].end;
+                let m = s.metrics.get(last - 1).ok_or_else(|| TrainError::Corrupt {
+                    path: out.join("checkpoint.json"),
+                    problem: format!(
+                        "has no metrics for epoch {last}, the end of stage {}",
+                        stage + 1
+                    ),
+                })?;
+                let g = Genotype::from_darts(&m.genotype).map_err(|e| TrainError::Corrupt {
+                    path: out.join("checkpoint.json"),
+                    problem: format!("epoch {last}'s genotype does not parse: {e}"),
+                })?;
+                frozen.push(g.stage(stage).clone());
+            }
+        }
+    }
     B::seed(device, r.seed);
     let mut net: Supernet<B> = cfg
         .supernet
-        .init(device)
-        .map_err(|p| flag("--partial-k/--channels/--layers", p))?;
-    let mut w_optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig {
-            momentum: r.momentum,
-            dampening: 0.0,
-            nesterov: false,
-        }))
-        .with_weight_decay(Some(WeightDecayConfig::new(r.weight_decay as f32)))
-        .init::<B, Supernet<B>>();
-    let mut a_optim = AdamConfig::new()
-        .with_beta_1(r.arch_betas.0)
-        .with_beta_2(r.arch_betas.1)
-        .with_epsilon(1e-8)
-        .with_weight_decay(Some(WeightDecayConfig::new(r.arch_weight_decay as f32)))
-        .init::<B, Supernet<B>>();
+        .init_stage(device, &frozen)
+        .map_err(supernet_flag)?;
+    let new_w_optim = || {
+        SgdConfig::new()
+            .with_momentum(Some(MomentumConfig {
+                momentum: r.momentum,
+                dampening: 0.0,
+                nesterov: false,
+            }))
+            .with_weight_decay(Some(WeightDecayConfig::new(r.weight_decay as f32)))
+            .init::<B, Supernet<B>>()
+    };
+    let new_a_optim = || {
+        AdamConfig::new()
+            .with_beta_1(r.arch_betas.0)
+            .with_beta_2(r.arch_betas.1)
+            .with_epsilon(1e-8)
+            .with_weight_decay(Some(WeightDecayConfig::new(r.arch_weight_decay as f32)))
+            .init::<B, Supernet<B>>()
+    };
+    let mut w_optim = new_w_optim();
+    let mut a_optim = new_a_optim();
     let mut metrics: Vec<SearchMetrics> = vec![];
     let mut start_epoch = 0;
     if let Some(s) = &state {
@@ -386,7 +491,7 @@ pub fn search_on<B: AutodiffBackend>(
         .min(arch_half.len().div_ceil(r.batch_size));
     let s = &cfg.supernet;
     println!(
-        "searching on {} ({} weight / {} architecture images, {}x{}x{}): C={} L={} K={} selector={} identity={} order={:?}, {} epochs ({} warm-up), {} steps per epoch",
+        "searching on {} ({} weight / {} architecture images, {}x{}x{}): C={} L={} K={} selector={} identity={} order={:?} sru={} stages={}, {} epochs ({} warm-up{}), {} steps per epoch",
         cfg.dataset,
         weight_half.len(),
         arch_half.len(),
@@ -395,12 +500,15 @@ pub fn search_on<B: AutodiffBackend>(
         s.image_size,
         s.channels,
         s.layers,
-        s.partial_k,
+        s.k_label(),
         s.selector.name(),
         s.identity,
         r.order,
+        s.spatial_reconstruction,
+        stages,
         r.epochs,
         r.warmup_epochs,
+        if stages > 1 { " per stage" } else { "" },
         steps
     );
     let augment = Augment::standard(dataset.kind, dataset.train.side, 0);
@@ -409,8 +517,29 @@ pub fn search_on<B: AutodiffBackend>(
         .and_then(|v| v.parse().ok());
     for epoch in start_epoch..r.epochs {
         let t0 = Instant::now();
-        let lr = cosine_lr(r.lr, epoch, r.epochs);
-        let search_arch = epoch >= r.warmup_epochs;
+        let stage = stage_of(epoch);
+        if stage > frozen.len() {
+            // Progressive search: freeze the finished stage's derived cells, deepen.
+            frozen.push(net.genotype().stage(0).clone());
+            B::seed(device, epoch_seed(r.seed, epoch) ^ 0x57a6e);
+            net = cfg
+                .supernet
+                .init_stage(device, &frozen)
+                .map_err(supernet_flag)?;
+            w_optim = new_w_optim();
+            a_optim = new_a_optim();
+            println!(
+                "stage {}/{}: cells of stages 1..{} fixed to their derived cells, {} search cells",
+                stage + 1,
+                stages,
+                stage,
+                net.weights.cells.len()
+            );
+        }
+        let block = &blocks[stage];
+        let local = epoch - block.start;
+        let lr = cosine_lr(r.lr, local, block.len());
+        let search_arch = local >= r.warmup_epochs;
         let seed = epoch_seed(r.seed, epoch);
         B::seed(device, seed);
         let mut rng = StdRng::seed_from_u64(seed);
@@ -419,11 +548,17 @@ pub fn search_on<B: AutodiffBackend>(
         let mut a_order = arch_half.clone();
         w_order.shuffle(&mut rng);
         a_order.shuffle(&mut rng);
-        let bar = progress_bar(
-            opts.progress,
-            steps as u64,
-            &format!("search {}/{}", epoch + 1, r.epochs),
-        );
+        let label = if stages > 1 {
+            format!(
+                "search {}/{} (stage {}/{stages})",
+                epoch + 1,
+                r.epochs,
+                stage + 1
+            )
+        } else {
+            format!("search {}/{}", epoch + 1, r.epochs)
+        };
+        let bar = progress_bar(opts.progress, steps as u64, &label);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for (b, (w_idx, a_idx)) in w_order
             .chunks(r.batch_size)
@@ -485,10 +620,15 @@ pub fn search_on<B: AutodiffBackend>(
         let valid_net = net.valid();
         let (valid_loss, valid_acc) =
             evaluate(&valid_net, &dataset.train, &arch_half, &cfg, device);
-        let genotype = valid_net.genotype();
+        let current = valid_net.genotype().stage(0).clone();
+        let genotype = compose_genotype(&frozen, &current, stages);
         let edge_norm = valid_net.weights.edge_norm;
         let normal = valid_net.arch.cell_weights(false, edge_norm);
         let reduce = valid_net.arch.cell_weights(true, edge_norm);
+        let stage_label = (stages > 1).then_some(stage + 1);
+        let learned = normal
+            .learned_proportions()
+            .zip(reduce.learned_proportions());
         let m = SearchMetrics {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -507,6 +647,11 @@ pub fn search_on<B: AutodiffBackend>(
                 normal: normal.clone(),
                 reduce: reduce.clone(),
             }),
+            stage: stage_label,
+            proportion: learned.as_ref().map(|(n, r)| Entropy {
+                normal: mean(n),
+                reduce: mean(r),
+            }),
         };
         println!(
             "epoch {}/{} train_loss={:.4} train_acc={:.4} valid_loss={:.4} valid_acc={:.4} entropy={:.4}/{:.4} seconds={:.1}",
@@ -521,6 +666,13 @@ pub fn search_on<B: AutodiffBackend>(
             m.seconds
         );
         println!("genotype = {}", m.genotype);
+        if let Some((n, r)) = &learned {
+            println!(
+                "learned proportion per edge: normal {} | reduce {}",
+                proportion_list(n),
+                proportion_list(r)
+            );
+        }
         metrics.push(m);
         write_atomic(&out.join("genotype.json"), genotype.to_json().as_bytes())?;
         let alphas = AlphasFile {
@@ -531,6 +683,7 @@ pub fn search_on<B: AutodiffBackend>(
                 .collect(),
             normal,
             reduce,
+            stage: stage_label,
         };
         write_atomic(
             &out.join("alphas.json"),
@@ -551,10 +704,53 @@ pub fn search_on<B: AutodiffBackend>(
             std::process::abort();
         }
     }
-    let genotype = net.valid().genotype();
+    let current = net.valid().genotype().stage(0).clone();
+    let genotype = compose_genotype(&frozen, &current, stages);
     Ok(SearchSummary {
         metrics,
         genotype,
         out: out.clone(),
     })
+}
+
+fn mean(v: &[f32]) -> f64 {
+    v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64
+}
+
+fn proportion_list(v: &[f32]) -> String {
+    v.iter()
+        .map(|p| format!("{p:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_split_the_epochs_deep_stages_first_for_the_remainder() {
+        assert_eq!(stage_epochs(5, 3), vec![0..1, 1..3, 3..5]);
+        assert_eq!(stage_epochs(6, 3), vec![0..2, 2..4, 4..6]);
+        assert_eq!(stage_epochs(4, 1), vec![0..4]);
+    }
+
+    #[test]
+    fn progressive_genotype_repeats_the_current_pair_and_borrows_stage_1_reduce() {
+        let pair = |name: &str| splitnas_models::zoo::by_name(name).unwrap().stages()[0].clone();
+        let (a, b) = (pair("DARTS_V1"), pair("DARTS_V2"));
+        let g = compose_genotype(std::slice::from_ref(&a), &b, 3);
+        assert_eq!(g.stages().len(), 3);
+        assert_eq!(g.stage(0).normal, a.normal);
+        assert_eq!(g.stage(0).reduce, b.reduce);
+        assert_eq!(g.stage(1), &b);
+        assert_eq!(g.stage(2), &b);
+        let g = compose_genotype(&[a.clone(), b.clone()], &a, 3);
+        assert_eq!(g.stage(1), &b);
+        assert_eq!(g.stage(2), &a);
+        assert_eq!(
+            compose_genotype(&[], &a, 1).stages(),
+            std::slice::from_ref(&a)
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! gradients of one of them at a time (`GradientsParams::from_grads(grads, &net.arch)`),
 //! so each step can only change its own half.
 
-use crate::mixed_op::{MixedOp, SelectorKind};
+use crate::mixed_op::{MixedOp, SelectorKind, PROPORTION_KS};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
@@ -16,11 +16,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use rand::rngs::StdRng;
 use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
-use splitnas_models::cell::{Preprocess, Shortcut};
+use splitnas_models::cell::{Cell, CellShape, Preprocess, Shortcut};
 use splitnas_models::fastconv::conv_forward;
 use splitnas_models::network::reduction_layers;
 use splitnas_models::ops::{conv, ReluConvBn};
-use splitnas_models::{CellGenotype, Genotype, Primitive};
+use splitnas_models::{CellGenotype, CellPair, Genotype, Primitive};
 
 /// Intermediate nodes per cell.
 pub const NODES: usize = 4;
@@ -65,6 +65,25 @@ pub struct SupernetConfig {
     /// Edge normalization (betas).
     #[config(default = true)]
     pub edge_norm: bool,
+    /// Slim-DARTS spatial reconstruction unit on the channels entering each MixedOp.
+    #[config(default = false)]
+    pub spatial_reconstruction: bool,
+    /// Slim-DARTS learnable proportion: every edge mixes branches with 1/2, 1/4 and 1/8
+    /// of its channels ([`PROPORTION_KS`]) by softmaxed per-edge parameters trained with
+    /// the architecture; `partial_k` is not used.
+    #[config(default = false)]
+    pub learn_proportion: bool,
+    /// LFR-DARTS progressive search: 1 (the whole network at once) or 3 (one stage per
+    /// resolution, shallow to deep).
+    #[config(default = 1)]
+    pub stages: usize,
+}
+
+/// The stage of cell `i` in an `layers`-cell network: 0 before the first reduction cell,
+/// 1 from it, 2 from the second (the same rule as the evaluation network's per-stage
+/// genotypes).
+pub fn cell_stage(layers: usize, i: usize) -> usize {
+    reduction_layers(layers).iter().filter(|&&r| r <= i).count()
 }
 
 impl SupernetConfig {
@@ -79,8 +98,32 @@ impl SupernetConfig {
         if self.partial_k == 0 {
             return Err("--partial-k must be at least 1".into());
         }
+        if self.learn_proportion && self.channels % 8 != 0 {
+            return Err(format!(
+                "--learn-proportion needs --channels divisible by 8 (got {}): its candidate proportions are 1/2, 1/4 and 1/8 of every edge's channels",
+                self.channels
+            ));
+        }
+        if self.stages != 1 && self.stages != 3 {
+            return Err(format!(
+                "--progressive takes 3 (got {}): the network has 3 stages (the cells before, between and after its two reductions)",
+                self.stages
+            ));
+        }
+        if self.spatial_reconstruction {
+            if let Some(k) = self
+                .branch_ks()
+                .into_iter()
+                .find(|&k| self.channels % k != 0 || (self.channels / k) % 2 != 0)
+            {
+                return Err(format!(
+                    "--spatial-reconstruction needs an even number of selected channels on every edge, but C/K = {}/{k} is not: its cross-reconstruction swaps two halves",
+                    self.channels
+                ));
+            }
+        }
         // Nodes have C channels in the first stage, 2C and 4C after the reductions.
-        if self.channels % self.partial_k != 0 {
+        if !self.learn_proportion && self.channels % self.partial_k != 0 {
             return Err(format!(
                 "--partial-k {} does not divide --channels {}: every edge must split its {} channels into {} equal groups",
                 self.partial_k, self.channels, self.channels, self.partial_k
@@ -92,36 +135,104 @@ impl SupernetConfig {
         Ok(())
     }
 
+    /// The partial factors of each edge's branches: `[partial_k]`, or [`PROPORTION_KS`]
+    /// with `learn_proportion`.
+    pub fn branch_ks(&self) -> Vec<usize> {
+        if self.learn_proportion {
+            PROPORTION_KS.to_vec()
+        } else {
+            vec![self.partial_k]
+        }
+    }
+
+    /// K as the logs show it: the number, or `learned`.
+    pub fn k_label(&self) -> String {
+        if self.learn_proportion {
+            "learned(1/2,1/4,1/8)".into()
+        } else {
+            self.partial_k.to_string()
+        }
+    }
+
     /// Builds the supernet; alphas and betas are `1e-3 * N(0, 1)` from Burn's seeded RNG.
+    /// With `stages = 3` this is the first (shallowest) stage of the progressive search.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Supernet<B>, String> {
+        self.init_stage(device, &[])
+    }
+
+    /// The supernet of progressive stage `frozen.len()`: the cells of the earlier stages
+    /// are evaluation cells built from their derived pairs `frozen` (affine BN, trained
+    /// with the weights), the current stage's cells are search cells, later stages do not
+    /// exist yet (the classifier reads the current stage's last cell). With `stages = 1`
+    /// `frozen` must be empty and every cell is a search cell.
+    pub fn init_stage<B: Backend>(
+        &self,
+        device: &B::Device,
+        frozen: &[CellPair],
+    ) -> Result<Supernet<B>, String> {
         self.validate()?;
+        let stage = frozen.len();
+        if stage >= self.stages {
+            return Err(format!(
+                "stage {} of a {}-stage search does not exist",
+                stage + 1,
+                self.stages
+            ));
+        }
         let c = self.channels;
         let c_stem = 3 * c;
         let (mut c_pp, mut c_p, mut c_curr) = (c_stem, c_stem, c);
         let reductions = reduction_layers(self.layers);
         let mut reduction_prev = false;
         let mut cells = Vec::with_capacity(self.layers);
+        let mut fixed = vec![];
         for i in 0..self.layers {
+            let cell_stage = if self.stages == 1 {
+                0
+            } else {
+                cell_stage(self.layers, i)
+            };
+            if cell_stage > stage {
+                break;
+            }
             let reduction = reductions.contains(&i);
             if reduction {
                 c_curr *= 2;
             }
-            cells.push(SearchCell::new(
-                c_pp,
-                c_p,
-                c_curr,
-                reduction,
-                reduction_prev,
-                self,
-                device,
-            ));
+            if cell_stage < stage {
+                let pair = &frozen[cell_stage];
+                let genotype = if reduction {
+                    &pair.reduce
+                } else {
+                    &pair.normal
+                };
+                let shape = CellShape {
+                    c_prev_prev: c_pp,
+                    c_prev: c_p,
+                    c: c_curr,
+                    reduction,
+                    reduction_prev,
+                };
+                fixed.push(Cell::new(genotype, shape, self.identity, device));
+                c_p_next(&mut c_pp, &mut c_p, genotype.concat.len() * c_curr);
+            } else {
+                cells.push(SearchCell::new(
+                    c_pp,
+                    c_p,
+                    c_curr,
+                    reduction,
+                    reduction_prev,
+                    self,
+                    device,
+                ));
+                c_p_next(&mut c_pp, &mut c_p, NODES * c_curr);
+            }
             reduction_prev = reduction;
-            c_pp = c_p;
-            c_p = NODES * c_curr;
         }
         let weights = SupernetWeights {
             stem_conv: conv(self.in_channels, c_stem, 3, 1, 1, 1, 1, device),
             stem_bn: BatchNorm2dConfig::new(c_stem).init(device),
+            fixed,
             cells,
             classifier: LinearConfig::new(c_p, self.classes).init(device),
             edge_norm: self.edge_norm,
@@ -138,14 +249,22 @@ impl SupernetConfig {
                     .mul_scalar(1e-3),
             )
         };
+        let proportions = self.learn_proportion;
         let arch = ArchParams {
             alphas_normal: init([EDGES, OPS]),
             alphas_reduce: init([EDGES, OPS]),
             betas_normal: init1(EDGES),
             betas_reduce: init1(EDGES),
+            proportions_normal: proportions.then(|| init([EDGES, PROPORTION_KS.len()])),
+            proportions_reduce: proportions.then(|| init([EDGES, PROPORTION_KS.len()])),
         };
         Ok(Supernet { weights, arch })
     }
+}
+
+fn c_p_next(c_pp: &mut usize, c_p: &mut usize, out: usize) {
+    *c_pp = *c_p;
+    *c_p = out;
 }
 
 /// A supernet cell: 14 MixedOps over 4 nodes.
@@ -177,7 +296,14 @@ impl<B: Backend> SearchCell<B> {
         for i in 0..NODES {
             for input in 0..2 + i {
                 let stride = if reduction && input < 2 { 2 } else { 1 };
-                edges.push(MixedOp::new(c, stride, cfg.partial_k, cfg.selector, device));
+                edges.push(MixedOp::with_branches(
+                    c,
+                    stride,
+                    &cfg.branch_ks(),
+                    cfg.selector,
+                    cfg.spatial_reconstruction,
+                    device,
+                ));
             }
         }
         Self {
@@ -191,8 +317,7 @@ impl<B: Backend> SearchCell<B> {
         }
     }
 
-    /// `alphas`: softmax over ops, `[14, 8]`; `betas`: per-node softmax, `[14]` (None
-    /// without edge normalization).
+    /// `w`: this cell type's softmaxed architecture weights ([`CellArch`]).
     ///
     /// # Shapes
     /// `s0: [N, c_pp, H0, W0]`, `s1: [N, c_p, H, W]` -> `[N, 4c, H', W']`
@@ -200,8 +325,7 @@ impl<B: Backend> SearchCell<B> {
         &self,
         s0: Tensor<B, 4>,
         s1: Tensor<B, 4>,
-        alphas: &Tensor<B, 2>,
-        betas: Option<&Tensor<B, 1>>,
+        w: &CellArch<B>,
         rng: &mut StdRng,
     ) -> Tensor<B, 4> {
         let mut states = vec![
@@ -211,9 +335,13 @@ impl<B: Backend> SearchCell<B> {
         for i in 0..NODES {
             let mut sum: Option<Tensor<B, 4>> = None;
             for (input, e) in node_edges(i).enumerate() {
-                let w = alphas.clone().slice([e..e + 1, 0..OPS]).reshape([OPS]);
-                let mut h = self.edges[e].forward(states[input].clone(), w, rng);
-                if let Some(b) = betas {
+                let a = w.alphas.clone().slice([e..e + 1, 0..OPS]).reshape([OPS]);
+                let p = w.proportions.as_ref().map(|p| {
+                    let k = p.dims()[1];
+                    p.clone().slice([e..e + 1, 0..k]).reshape([k])
+                });
+                let mut h = self.edges[e].forward_mixed(states[input].clone(), a, p, rng);
+                if let Some(b) = &w.betas {
                     h = h.mul(b.clone().slice([e..e + 1]).reshape([1, 1, 1, 1]));
                 }
                 sum = Some(match sum {
@@ -240,7 +368,10 @@ pub struct SupernetWeights<B: Backend> {
     pub stem_conv: Conv2d<B>,
     /// Stem BN (affine, as in the reference).
     pub stem_bn: BatchNorm2d<B>,
-    /// The L cells.
+    /// Progressive search: the derived cells of the stages already searched (run before
+    /// `cells`); empty otherwise.
+    pub fixed: Vec<Cell<B>>,
+    /// The search cells (all L, or the current stage's in a progressive search).
     pub cells: Vec<SearchCell<B>>,
     /// Classifier.
     pub classifier: Linear<B>,
@@ -259,6 +390,21 @@ pub struct ArchParams<B: Backend> {
     pub betas_normal: Param<Tensor<B, 1>>,
     /// Reduction-cell betas `[14]`.
     pub betas_reduce: Param<Tensor<B, 1>>,
+    /// Normal-cell proportion parameters `[14, 3]` (`--learn-proportion`).
+    pub proportions_normal: Option<Param<Tensor<B, 2>>>,
+    /// Reduction-cell proportion parameters `[14, 3]`.
+    pub proportions_reduce: Option<Param<Tensor<B, 2>>>,
+}
+
+/// One cell type's softmaxed architecture weights, as the cells use them.
+#[derive(Clone, Debug)]
+pub struct CellArch<B: Backend> {
+    /// softmax over ops, `[14, 8]`.
+    pub alphas: Tensor<B, 2>,
+    /// Per-node softmax of the betas, `[14]` (None without edge normalization).
+    pub betas: Option<Tensor<B, 1>>,
+    /// softmax over the candidate proportions, `[14, 3]` (None without them).
+    pub proportions: Option<Tensor<B, 2>>,
 }
 
 /// softmax over each node's incoming edges.
@@ -276,6 +422,10 @@ pub struct CellWeights {
     pub alphas: Vec<Vec<f32>>,
     /// Per-node softmax(beta) per edge (all 1 without edge normalization).
     pub betas: Vec<f32>,
+    /// softmax of the proportion parameters per edge, `[14][3]` for 1/2, 1/4, 1/8
+    /// (`--learn-proportion` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proportions: Option<Vec<Vec<f32>>>,
 }
 
 impl CellWeights {
@@ -308,6 +458,16 @@ impl CellWeights {
         }
     }
 
+    /// Learned proportion per edge (`--learn-proportion`): the expected fraction of
+    /// channels `sum_i softmax(p)_i / K_i`.
+    pub fn learned_proportions(&self) -> Option<Vec<f32>> {
+        self.proportions.as_ref().map(|rows| {
+            rows.iter()
+                .map(|r| r.iter().zip(PROPORTION_KS).map(|(p, k)| p / k as f32).sum())
+                .collect()
+        })
+    }
+
     /// Mean entropy (nats) of softmax(alpha) over the 14 edges.
     pub fn entropy(&self) -> f64 {
         let total: f64 = self
@@ -325,29 +485,44 @@ impl CellWeights {
 }
 
 impl<B: Backend> ArchParams<B> {
-    fn weights(&self, reduce: bool, edge_norm: bool) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
-        let (a, b) = if reduce {
-            (&self.alphas_reduce, &self.betas_reduce)
+    /// Softmaxed architecture weights of the normal (`reduce = false`) or reduction cell.
+    pub fn weights(&self, reduce: bool, edge_norm: bool) -> CellArch<B> {
+        let (a, b, p) = if reduce {
+            (
+                &self.alphas_reduce,
+                &self.betas_reduce,
+                &self.proportions_reduce,
+            )
         } else {
-            (&self.alphas_normal, &self.betas_normal)
+            (
+                &self.alphas_normal,
+                &self.betas_normal,
+                &self.proportions_normal,
+            )
         };
-        (
-            softmax(a.val(), 1),
-            edge_norm.then(|| node_softmax(b.val())),
-        )
+        CellArch {
+            alphas: softmax(a.val(), 1),
+            betas: edge_norm.then(|| node_softmax(b.val())),
+            proportions: p.as_ref().map(|p| softmax(p.val(), 1)),
+        }
     }
 
     /// Softmaxed weights of the normal (`reduce = false`) or reduction cell.
     pub fn cell_weights(&self, reduce: bool, edge_norm: bool) -> CellWeights {
-        let (a, b) = self.weights(reduce, edge_norm);
-        let a: Vec<f32> = a.into_data().iter::<f32>().collect();
-        let b: Vec<f32> = match b {
+        let w = self.weights(reduce, edge_norm);
+        let a: Vec<f32> = w.alphas.into_data().iter::<f32>().collect();
+        let b: Vec<f32> = match w.betas {
             Some(b) => b.into_data().iter::<f32>().collect(),
             None => vec![1.0; EDGES],
         };
+        let proportions = w.proportions.map(|p| {
+            let v: Vec<f32> = p.into_data().iter::<f32>().collect();
+            v.chunks(PROPORTION_KS.len()).map(|r| r.to_vec()).collect()
+        });
         CellWeights {
             alphas: a.chunks(OPS).map(|r| r.to_vec()).collect(),
             betas: b,
+            proportions,
         }
     }
 
@@ -378,17 +553,18 @@ impl<B: Backend> Supernet<B> {
     pub fn forward(&self, x: Tensor<B, 4>, rng: &mut StdRng) -> Tensor<B, 2> {
         let _tie = splitnas_models::graph::tie_parameters(self, &x.device());
         let w = &self.weights;
-        let (an, bn) = self.arch.weights(false, w.edge_norm);
-        let (ar, br) = self.arch.weights(true, w.edge_norm);
+        let normal = self.arch.weights(false, w.edge_norm);
+        let reduce = self.arch.weights(true, w.edge_norm);
         let s = w.stem_bn.forward(conv_forward(&w.stem_conv, x));
         let (mut s0, mut s1) = (s.clone(), s);
+        for cell in &w.fixed {
+            let out = cell.forward(s0, s1.clone(), 0.0);
+            s0 = s1;
+            s1 = out;
+        }
         for cell in &w.cells {
-            let (a, b) = if cell.reduction {
-                (&ar, &br)
-            } else {
-                (&an, &bn)
-            };
-            let out = cell.forward(s0, s1.clone(), a, b.as_ref(), rng);
+            let a = if cell.reduction { &reduce } else { &normal };
+            let out = cell.forward(s0, s1.clone(), a, rng);
             s0 = s1;
             s1 = out;
         }
@@ -436,6 +612,83 @@ mod tests {
     }
 
     #[test]
+    fn cell_stages_follow_the_reductions() {
+        // L = 5: reductions at cells 1 and 3.
+        assert_eq!(
+            (0..5).map(|i| cell_stage(5, i)).collect::<Vec<_>>(),
+            [0, 1, 1, 2, 2]
+        );
+        assert_eq!(
+            (0..8).map(|i| cell_stage(8, i)).collect::<Vec<_>>(),
+            [0, 0, 1, 1, 1, 2, 2, 2]
+        );
+    }
+
+    /// Progressive search: stage s has the derived cells of the earlier stages in front of
+    /// its own search cells, and no deeper cells.
+    #[test]
+    fn progressive_stages_deepen_the_supernet() {
+        let device = Default::default();
+        let cfg = SupernetConfig::new()
+            .with_channels(4)
+            .with_layers(5)
+            .with_in_channels(1)
+            .with_image_size(16)
+            .with_stages(3);
+        let pair = splitnas_models::zoo::by_name("DARTS_V2").unwrap().stages()[0].clone();
+        let x = Tensor::<B, 4>::random([2, 1, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        for (frozen, fixed, search) in [(0, 0, 1), (1, 1, 2), (2, 3, 2)] {
+            let pairs = vec![pair.clone(); frozen];
+            let net = cfg.init_stage::<B>(&device, &pairs).unwrap();
+            assert_eq!(net.weights.fixed.len(), fixed, "stage {frozen}");
+            assert_eq!(net.weights.cells.len(), search, "stage {frozen}");
+            let y = net.forward(x.clone(), &mut StdRng::seed_from_u64(0));
+            assert_eq!(y.dims(), [2, 10]);
+        }
+        // The reduction cells are search cells exactly where the stage opens with one.
+        let net = cfg.init_stage::<B>(&device, &[pair.clone()]).unwrap();
+        assert!(net.weights.cells[0].reduction && !net.weights.cells[1].reduction);
+        let err = cfg
+            .init_stage::<B>(&device, &vec![pair.clone(); 3])
+            .unwrap_err();
+        assert!(err.contains("stage 4 of a 3-stage search"), "{err}");
+        let err = cfg.clone().with_stages(2).validate().unwrap_err();
+        assert!(err.starts_with("--progressive takes 3 (got 2)"), "{err}");
+    }
+
+    #[test]
+    fn slim_options_check_their_channel_counts() {
+        let err = SupernetConfig::new()
+            .with_channels(12)
+            .with_learn_proportion(true)
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.starts_with("--learn-proportion needs --channels divisible by 8"),
+            "{err}"
+        );
+        let err = SupernetConfig::new()
+            .with_channels(8)
+            .with_learn_proportion(true)
+            .with_spatial_reconstruction(true)
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("C/K = 8/8"), "{err}");
+        assert!(SupernetConfig::new()
+            .with_channels(16)
+            .with_learn_proportion(true)
+            .with_spatial_reconstruction(true)
+            .validate()
+            .is_ok());
+        // With a fixed K = 4 of 8 channels the SRU gets 2: fine.
+        assert!(SupernetConfig::new()
+            .with_channels(8)
+            .with_spatial_reconstruction(true)
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
     fn k_that_does_not_divide_c_is_rejected() {
         let err = SupernetConfig::new()
             .with_channels(6)
@@ -462,6 +715,7 @@ mod tests {
         let w = CellWeights {
             alphas,
             betas: vec![1.0; EDGES],
+            proportions: None,
         };
         let g = w.genotype();
         assert_eq!(g.edges[0], (Primitive::SepConv3x3, 0));
