@@ -16,6 +16,7 @@ use splitnas_search::supernet::SupernetConfig;
 use splitnas_search::train::{load_run, train, TrainOptions, TrainRecipe};
 use std::path::PathBuf;
 
+mod compare;
 mod quickstart;
 
 /// mimalloc instead of the system allocator: Burn allocates a fresh buffer for
@@ -54,6 +55,9 @@ enum Command {
     Bench(BenchCmd),
     /// The whole journey in one command: search -> train -> export -> runtime -> pictures.
     Quickstart(QuickstartArgs),
+    /// Search with every channel-split method on the same budget, train every found cell
+    /// plus DARTS_V2, PC_DARTS and random cells with the same recipe, write compare.md/json.
+    Compare(CompareArgs),
     /// Render a run's curves (and a search run's op-weight evolution) as SVG and PNG.
     Plot {
         /// A run directory (the --out of `splitnas train` or `splitnas search`).
@@ -93,6 +97,87 @@ struct QuickstartArgs {
     test_limit: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// fashion-mnist, mnist, cifar10, cifar100 or synthetic.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    /// Directory with the data files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Methods to search, comma-separated: split, random, attention, slim, progressive.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "split,random,attention,slim,progressive"
+    )]
+    methods: Vec<String>,
+    /// Search: supernet channels C.
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    /// Search: supernet cells L.
+    #[arg(long, default_value_t = 5)]
+    layers: usize,
+    /// Search: K of the fixed-K methods (slim learns its proportion).
+    #[arg(long, default_value_t = 4)]
+    partial_k: usize,
+    /// Search epochs of every method (progressive: split between its 3 stages).
+    #[arg(long, default_value_t = 6)]
+    epochs: usize,
+    /// Search warm-up epochs (progressive: per stage).
+    #[arg(long, default_value_t = 1)]
+    warmup_epochs: usize,
+    /// Search batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Search architecture learning rate (10x DARTS: the budget is a small fraction of a
+    /// paper search).
+    #[arg(long, default_value_t = 6e-3)]
+    arch_lr: f64,
+    /// Search order: first or second.
+    #[arg(long, default_value = "first")]
+    order: String,
+    /// Training images each search uses (half weights, half architecture).
+    #[arg(long, default_value_t = 2000)]
+    search_limit: usize,
+    /// Training: channels C of every evaluation network.
+    #[arg(long, default_value_t = 8)]
+    train_channels: usize,
+    /// Training: cells L.
+    #[arg(long, default_value_t = 5)]
+    train_layers: usize,
+    /// Training epochs.
+    #[arg(long, default_value_t = 3)]
+    train_epochs: usize,
+    /// Training batch size.
+    #[arg(long, default_value_t = 64)]
+    train_batch_size: usize,
+    /// Training learning rate (cosine to 0).
+    #[arg(long, default_value_t = 0.05)]
+    train_lr: f64,
+    /// Training images (the first N; default 5000).
+    #[arg(long, default_value_t = 5000)]
+    train_limit: usize,
+    /// Test images (default: the whole test set).
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Training seeds per genotype (mean and spread over them).
+    #[arg(long, default_value_t = 2)]
+    seeds: usize,
+    /// Random genotypes to train as baselines (seeds 1..N).
+    #[arg(long, default_value_t = 3)]
+    random_genotypes: usize,
+    /// Seed of the searches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu (flex, default), ndarray, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output directory (a rerun with the same settings continues it).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -249,6 +334,9 @@ struct SearchArgs {
     /// Architecture gradient: first or second (unrolled, finite-difference Hessian).
     #[arg(long, default_value = "first")]
     order: String,
+    /// Adam learning rate of the architecture parameters.
+    #[arg(long, default_value_t = 6e-4)]
+    arch_lr: f64,
     /// Epochs with the architecture frozen.
     #[arg(long, default_value_t = 15)]
     warmup_epochs: usize,
@@ -422,7 +510,7 @@ fn run_search(a: SearchArgs) -> Result<()> {
             momentum: 0.9,
             weight_decay: 3e-4,
             grad_clip: 5.0,
-            arch_lr: 6e-4,
+            arch_lr: a.arch_lr,
             arch_weight_decay: 1e-3,
             arch_betas: (0.5, 0.999),
             warmup_epochs: a.warmup_epochs,
@@ -674,6 +762,35 @@ fn real_main() -> Result<()> {
             }
         }
         Some(Command::Quickstart(a)) => run_quickstart(a),
+        Some(Command::Compare(a)) => {
+            compare::run(&compare::Compare {
+                dataset: a.dataset,
+                data_dir: a.data_dir,
+                methods: a.methods,
+                channels: a.channels,
+                layers: a.layers,
+                partial_k: a.partial_k,
+                epochs: a.epochs,
+                warmup_epochs: a.warmup_epochs,
+                batch_size: a.batch_size,
+                arch_lr: a.arch_lr,
+                order: a.order,
+                search_limit: a.search_limit,
+                train_channels: a.train_channels,
+                train_layers: a.train_layers,
+                train_epochs: a.train_epochs,
+                train_batch_size: a.train_batch_size,
+                train_lr: a.train_lr,
+                train_limit: Some(a.train_limit),
+                test_limit: a.test_limit,
+                seeds: a.seeds,
+                random_genotypes: a.random_genotypes,
+                seed: a.seed,
+                device: a.device,
+                out: a.out,
+            })?;
+            Ok(())
+        }
         Some(Command::Plot { run, out }) => {
             for f in splitnas_search::plot::plot_run(&run, &out)? {
                 println!("wrote {}", f.display());

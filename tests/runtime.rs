@@ -33,20 +33,6 @@ fn fails(args: &[&str]) -> String {
     e
 }
 
-fn write_npy(path: &Path, data: &[f32], shape: &[u64]) {
-    use npyz::WriterBuilder;
-    let mut bytes = vec![];
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut bytes)
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
 #[test]
 fn exported_darts_networks_run_like_tract() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +66,7 @@ fn exported_darts_networks_run_like_tract() {
             .map(|i| ((i * 7919 % 2000) as f32 / 1000.0 - 1.0) * 2.0)
             .collect();
         let npy = dir.path().join(format!("{name}.in.npy"));
-        write_npy(&npy, &x, &shape.map(|d| d as u64));
+        common::write_npy(&npy, &x, &shape.map(|d| d as u64));
         let out = dir.path().join(format!("{name}.logits.npy"));
         let stdout = ok(&[
             "run",
@@ -175,7 +161,7 @@ fn images_are_normalized_with_the_file_metadata_and_bad_inputs_are_errors() {
 
     // wrong tensor shape, wrong dtype, missing files, not ONNX, unknown device
     let bad = dir.path().join("bad.npy");
-    write_npy(&bad, &vec![0.0; 3 * 16 * 16], &[1, 3, 16, 16]);
+    common::write_npy(&bad, &vec![0.0; 3 * 16 * 16], &[1, 3, 16, 16]);
     let e = fails(&["run", onnx_s, "--input", bad.to_str().unwrap()]);
     assert!(
         e.contains("bad.npy") && e.contains("[1, 3, 16, 16]") && e.contains("[N, 1, 16, 16]"),

@@ -1,6 +1,8 @@
 //! User journey: search a cell on real Fashion-MNIST, kill and resume, hand the genotype
 //! to `train`, bad flags.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -34,9 +36,15 @@ fn args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 /// Search is killed (abort right after the epoch-1 checkpoint) and resumed.
 fn killed_and_resumed(out: &str, extra: &[&str]) {
-    let (ok, _, _) = splitnas(&args(out, extra), &[("SPLITNAS_ABORT_AFTER_EPOCH", "1")]);
+    killed_after_and_resumed(out, extra, 1)
+}
+
+/// Search is killed right after the checkpoint of `epoch`, then resumed.
+fn killed_after_and_resumed(out: &str, extra: &[&str], epoch: usize) {
+    let e = epoch.to_string();
+    let (ok, _, _) = splitnas(&args(out, extra), &[("SPLITNAS_ABORT_AFTER_EPOCH", &e)]);
     assert!(!ok, "the abort hook must kill the run");
-    assert_eq!(records(Path::new(out)).len(), 1);
+    assert_eq!(records(Path::new(out)).len(), epoch);
     let mut resume = args(out, extra);
     resume.push("--resume");
     let (ok, stdout, stderr) = splitnas(&resume, &[]);
@@ -149,31 +157,201 @@ fn short_real_search_writes_a_trainable_genotype_and_resumes() {
 
 #[test]
 fn resumed_search_reproduces_the_uninterrupted_one() {
-    resume_reproduces("split");
+    resume_reproduces(&["--selector", "split"], 2, 1);
 }
 
 /// ADARTS selector: combines with `--order second` and `--resume` (its attention modules
 /// are weights, checkpointed and restored with them).
 #[test]
 fn attention_selector_second_order_resumes_like_the_uninterrupted_run() {
-    resume_reproduces("attention");
+    resume_reproduces(&["--selector", "attention"], 2, 1);
 }
 
-fn resume_reproduces(selector: &str) {
+/// Slim-DARTS (random subset + spatial reconstruction + learned proportion) combines with
+/// `--order second` and `--resume`; the learned proportions are logged per edge.
+#[test]
+fn slim_options_second_order_resume_like_the_uninterrupted_run() {
+    let (dir, recs) = resume_reproduces(
+        &[
+            "--selector",
+            "random",
+            "--spatial-reconstruction",
+            "--learn-proportion",
+            "--channels",
+            "8",
+            "--train-limit",
+            "128",
+        ],
+        2,
+        1,
+    );
+    for r in &recs {
+        for cell in ["normal", "reduce"] {
+            let rows = r["weights"][cell]["proportions"]
+                .as_array()
+                .expect("proportions");
+            assert_eq!(rows.len(), 14);
+            let mut expected = 0.0;
+            for row in rows {
+                let p: Vec<f64> = row
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                assert_eq!(p.len(), 3);
+                assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{p:?}");
+                expected += (p[0] / 2.0 + p[1] / 4.0 + p[2] / 8.0) / 14.0;
+            }
+            // The logged mean proportion is the mean over edges of sum_i p_i / K_i.
+            let logged = r["proportion"][cell].as_f64().unwrap();
+            assert!((logged - expected).abs() < 1e-6, "{logged} vs {expected}");
+        }
+    }
+    drop(dir);
+}
+
+/// LFR-DARTS progressive search: 3 stages of 1 epoch, second order, killed after stage 2
+/// (so the resume rebuilds the frozen stage-1 cells from search.jsonl) and resumed: the
+/// same records as the uninterrupted run, and a 3-stage genotype that trains, exports and
+/// runs (tract's logits = the runtime's within 1e-4, tract's accuracy = the reported one).
+#[test]
+fn progressive_search_resumes_and_its_per_stage_genotype_trains_and_exports() {
+    let (dir, recs) = resume_reproduces(&["--progressive", "3", "--train-limit", "128"], 3, 2);
+    let stages: Vec<u64> = recs.iter().map(|r| r["stage"].as_u64().unwrap()).collect();
+    assert_eq!(stages, [1, 2, 3]);
+    let gfile = dir.path().join("full").join("genotype.json");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&gfile).unwrap()).unwrap();
+    let pairs = g["stages"].as_array().expect("a per-stage genotype");
+    assert_eq!(pairs.len(), 3);
+    // Each stage's cells are the ones derived at the end of that stage.
+    let after = |epoch: usize| recs[epoch - 1]["genotype"].as_str().unwrap().to_string();
+    let stage_of = |darts: &str, s: usize| -> serde_json::Value {
+        let f = dir.path().join(format!("g{s}.txt"));
+        std::fs::write(&f, darts).unwrap();
+        let (ok, json, err) = splitnas(&["genotype", "show", f.to_str().unwrap()], &[]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["stages"][s].clone()
+    };
+    assert_eq!(pairs[0]["normal"], stage_of(&after(1), 0)["normal"]);
+    assert_eq!(pairs[1], stage_of(&after(2), 1));
+    assert_eq!(pairs[2], stage_of(&after(3), 2));
+
+    let run = dir.path().join("run");
+    let (ok, stdout, stderr) = splitnas(
+        &[
+            "train",
+            "--genotype",
+            gfile.to_str().unwrap(),
+            "--dataset",
+            "fashion-mnist",
+            "--channels",
+            "4",
+            "--layers",
+            "3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--train-limit",
+            "256",
+            "--test-limit",
+            "64",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "train on the per-stage genotype: {stdout}\n{stderr}");
+    let onnx = dir.path().join("model.onnx");
+    let (ok, stdout, stderr) = splitnas(
+        &[
+            "export",
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            onnx.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "export: {stdout}\n{stderr}");
+    // The first 8 test images, normalized with the run's mean/std, through tract and
+    // through `splitnas run`.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let (mean, std) = (
+        config["mean"][0].as_f64().unwrap() as f32,
+        config["std"][0].as_f64().unwrap() as f32,
+    );
+    let data = splitnas_search::data::load(
+        splitnas_search::data::DatasetKind::FashionMnist,
+        &splitnas_search::data::DataOptions {
+            dir: None,
+            train_limit: Some(1),
+            test_limit: Some(64),
+            seed: 0,
+        },
+    )
+    .unwrap();
+    let x: Vec<f32> = data
+        .test
+        .pixels
+        .iter()
+        .map(|&p| (p as f32 / 255.0 - mean) / std)
+        .collect();
+    let ours = common::tract(&onnx, &x, [64, 1, 28, 28]);
+    let correct = ours
+        .chunks(10)
+        .zip(&data.test.labels)
+        .filter(|(row, &l)| (0..10).fold(0, |b, j| if row[j] > row[b] { j } else { b }) == l)
+        .count();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert!(
+        (correct as f64 / 64.0 - last["test_acc"].as_f64().unwrap()).abs() < 1e-9,
+        "tract accuracy {correct}/64 vs reported {}",
+        last["test_acc"]
+    );
+    let npy = dir.path().join("x.npy");
+    common::write_npy(&npy, &x[..8 * 784], &[8, 1, 28, 28]);
+    let logits = dir.path().join("logits.npy");
+    let (ok, stdout, stderr) = splitnas(
+        &[
+            "run",
+            onnx.to_str().unwrap(),
+            "--input",
+            npy.to_str().unwrap(),
+            "--output",
+            logits.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "run: {stdout}\n{stderr}");
+    let (shape, runtime) = common::read_npy(&logits);
+    assert_eq!(shape, [8, 10]);
+    let d = common::max_abs(&runtime, &ours[..80]);
+    assert!(d < 1e-4, "runtime vs tract {d}");
+}
+
+/// Runs a small second-order search uninterrupted and killed after `kill_after` + resumed;
+/// asserts both wrote the same records and alphas. Returns the temp dir (`full/`,
+/// `resumed/`) and the records.
+fn resume_reproduces(
+    flags: &[&str],
+    epochs: usize,
+    kill_after: usize,
+) -> (tempfile::TempDir, Vec<serde_json::Value>) {
     // Small and second order (the unrolled step uses the weight optimizer's state,
     // so it exercises every restored piece).
     let dir = tempfile::tempdir().unwrap();
-    let extra = [
-        "--selector",
-        selector,
-        "--train-limit",
-        "256",
-        "--channels",
-        "4",
+    let epochs_s = epochs.to_string();
+    let mut extra = vec![
         "--layers",
         "3",
         "--epochs",
-        "2",
+        &epochs_s,
         "--warmup-epochs",
         "0",
         "--batch-size",
@@ -181,13 +359,19 @@ fn resume_reproduces(selector: &str) {
         "--order",
         "second",
     ];
+    for (flag, default) in [("--channels", "4"), ("--train-limit", "256")] {
+        if !flags.contains(&flag) {
+            extra.extend_from_slice(&[flag, default]);
+        }
+    }
+    extra.extend_from_slice(flags);
     let full = dir.path().join("full");
     let (ok, stdout, stderr) = splitnas(&args(full.to_str().unwrap(), &extra), &[]);
     assert!(ok, "{stdout}\n{stderr}");
     let resumed = dir.path().join("resumed");
-    killed_and_resumed(resumed.to_str().unwrap(), &extra);
+    killed_after_and_resumed(resumed.to_str().unwrap(), &extra, kill_after);
     let (a, b) = (records(&full), records(&resumed));
-    assert_eq!(a.len(), 2);
+    assert_eq!(a.len(), epochs);
     for (x, y) in a.iter().zip(&b) {
         for key in [
             "train_loss",
@@ -195,6 +379,8 @@ fn resume_reproduces(selector: &str) {
             "valid_loss",
             "valid_acc",
             "genotype",
+            "stage",
+            "proportion",
         ] {
             assert_eq!(x[key], y[key], "{key} differs after resume");
         }
@@ -206,6 +392,7 @@ fn resume_reproduces(selector: &str) {
     );
     assert_eq!(fa["normal"], ra["normal"]);
     assert_eq!(fa["reduce"], ra["reduce"]);
+    (dir, a)
 }
 
 #[test]
@@ -223,6 +410,27 @@ fn bad_search_flags_are_rejected_with_clear_messages() {
             "--warmup-epochs",
         ),
         (&["--selector", "magic"], "unknown selector 'magic'"),
+        (&["--progressive", "2"], "--progressive: takes 3 (got 2)"),
+        (
+            &[
+                "--progressive",
+                "3",
+                "--epochs",
+                "5",
+                "--warmup-epochs",
+                "1",
+            ],
+            "stage 1 (1 epochs) has no epoch left",
+        ),
+        (
+            &["--learn-proportion", "--channels", "12"],
+            "--learn-proportion: needs --channels divisible by 8",
+        ),
+        (
+            &["--learn-proportion", "--partial-k", "4"],
+            "cannot be used with",
+        ),
+        (&["--arch-lr", "0"], "--arch-lr: must be a positive number"),
         (&["--order", "third"], "unknown order 'third'"),
         (&["--train-portion", "1.5"], "--train-portion"),
         (&["--device", "tpu"], "--device"),

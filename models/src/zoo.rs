@@ -1,6 +1,9 @@
 //! Published genotypes (DARTS notation taken from `shared/reference/darts.md`).
 
-use crate::genotype::Genotype;
+use crate::genotype::{CellGenotype, Genotype, Primitive};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
 
 /// Canonical zoo names.
 pub const NAMES: [&str; 3] = ["DARTS_V1", "DARTS_V2", "PC_DARTS"];
@@ -22,8 +25,54 @@ pub fn by_name(name: &str) -> Option<Genotype> {
     Genotype::from_darts(text).ok()
 }
 
+/// A random cell pair (the random-search baseline of the DARTS papers): every node of
+/// both cells takes 2 distinct inputs among its predecessors, each with an op drawn
+/// uniformly from the 7 non-`none` primitives. Deterministic per `seed`.
+pub fn random(seed: u64) -> Genotype {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cell = || {
+        let mut edges = Vec::with_capacity(8);
+        for node in 0..4 {
+            let inputs: Vec<usize> = (0..node + 2).collect();
+            let mut chosen: Vec<usize> = inputs.choose_multiple(&mut rng, 2).copied().collect();
+            chosen.sort_unstable();
+            for input in chosen {
+                let op = Primitive::ALL[rng.random_range(1..Primitive::ALL.len())];
+                edges.push((op, input));
+            }
+        }
+        CellGenotype {
+            edges,
+            concat: vec![2, 3, 4, 5],
+        }
+    };
+    let normal = cell();
+    let reduce = cell();
+    Genotype::uniform(normal, reduce).unwrap_or_else(|_| unreachable!("random cells are valid"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn random_genotypes_are_valid_seeded_and_varied() {
+        let a = super::random(1);
+        assert_eq!(a, super::random(1));
+        assert_ne!(a, super::random(2));
+        for g in (0..20).map(super::random) {
+            for cell in [g.normal(), g.reduce()] {
+                assert_eq!(cell.edges.len(), 8);
+                for (node, pair) in cell.edges.chunks(2).enumerate() {
+                    assert_ne!(pair[0].1, pair[1].1, "distinct inputs");
+                    assert!(pair
+                        .iter()
+                        .all(|e| e.1 < node + 2 && e.0 != crate::Primitive::None));
+                }
+            }
+            // Round trip through DARTS notation: a valid genotype.
+            assert_eq!(crate::Genotype::from_darts(&g.to_darts()).unwrap(), g);
+        }
+    }
+
     #[test]
     fn names_are_case_insensitive_and_aliased() {
         assert_eq!(super::by_name("pc_darts_cifar"), super::by_name("PC_DARTS"));

@@ -251,6 +251,9 @@ pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
     if !(r.lr.is_finite() && r.lr > 0.0) {
         return Err(flag("--lr", "must be a positive number"));
     }
+    if !(r.arch_lr.is_finite() && r.arch_lr > 0.0) {
+        return Err(flag("--arch-lr", "must be a positive number"));
+    }
     let stages = o.supernet.stages;
     if stages > 1 {
         let blocks = stage_epochs(r.epochs, stages);
@@ -529,7 +532,7 @@ pub fn search_on<B: AutodiffBackend>(
             w_optim = new_w_optim();
             a_optim = new_a_optim();
             println!(
-                "stage {}/{}: cells of stages 1..{} fixed to their derived cells, {} search cells",
+                "stage {}/{}: stages 1-{} fixed to their derived cells, {} search cells",
                 stage + 1,
                 stages,
                 stage,

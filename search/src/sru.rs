@@ -9,7 +9,8 @@
 //! 3. gate at [`SRU_THRESHOLD`]: informative weights `W1 = 1 where W >= 0.5, else W`,
 //!    non-informative weights `W2 = 0 where W >= 0.5, else W`; `X1 = W1 * X`, `X2 = W2 * X`;
 //! 4. cross-reconstruction: with `a`/`b` the first/second half of the channels,
-//!    `out = concat(X1a + X2b, X1b + X2a)`.
+//!    `out = concat(X1a + X2b, X1b + X2a)`, i.e. `out_j = X1_j + X2_{(j + ceil(C/2)) mod C}`;
+//!    the second form is what runs, so odd C works too (C = 1: `out = X1 + X2`).
 //!
 //! Choices where the paper leaves room (documented in the README too): the gates multiply
 //! the *input* X (not its normalized form), the soft part of the gate keeps W below the
@@ -40,7 +41,7 @@ pub fn sru_groups(channels: usize) -> usize {
 /// (one per channel) and `groups` groups. See the module documentation.
 ///
 /// # Shapes
-/// `x: [N, C, H, W]` (C even, `groups` divides C), `gamma`, `beta`: `[C]` -> `[N, C, H, W]`
+/// `x: [N, C, H, W]` (`groups` divides C), `gamma`, `beta`: `[C]` -> `[N, C, H, W]`
 pub fn spatial_reconstruction<B: Backend>(
     x: Tensor<B, 4>,
     gamma: Tensor<B, 1>,
@@ -65,15 +66,20 @@ pub fn spatial_reconstruction<B: Backend>(
     let w2 = weights.mask_fill(informative, 0.0);
     let x1 = x.clone().mul(w1);
     let x2 = x.mul(w2);
-    let half = c / 2;
-    let part = |t: &Tensor<B, 4>, lo: usize, hi: usize| t.clone().slice([0..n, lo..hi, 0..h, 0..w]);
-    Tensor::cat(
-        vec![
-            part(&x1, 0, half).add(part(&x2, half, c)),
-            part(&x1, half, c).add(part(&x2, 0, half)),
-        ],
-        1,
-    )
+    // X2 rotated by ceil(C/2) channels: channel j reads X2[(j + shift) mod C].
+    let shift = c.div_ceil(2) % c;
+    let rotated = if shift == 0 {
+        x2
+    } else {
+        Tensor::cat(
+            vec![
+                x2.clone().slice([0..n, shift..c, 0..h, 0..w]),
+                x2.slice([0..n, 0..shift, 0..h, 0..w]),
+            ],
+            1,
+        )
+    };
+    x1.add(rotated)
 }
 
 /// The SRU's parameters on one MixedOp's selected channels.
@@ -88,7 +94,7 @@ pub struct SpatialReconstruction<B: Backend> {
 }
 
 impl<B: Backend> SpatialReconstruction<B> {
-    /// An SRU on `channels` (even) channels.
+    /// An SRU on `channels` channels.
     pub fn new(channels: usize, device: &B::Device) -> Self {
         Self {
             gamma: Param::from_tensor(Tensor::ones([channels], device)),
@@ -123,6 +129,27 @@ mod tests {
 
     // One image, 4 channels of 2 pixels.
     const X: [f32; 8] = [1.0, 3.0, 2.0, 2.0, 0.0, 4.0, -1.0, 1.0];
+
+    /// Odd channel counts: the rotation pairs channel j with (j + ceil(C/2)) mod C; with
+    /// one channel the unit returns X1 + X2 = (W1 + W2) X: X where the gate opened, 2 W X
+    /// elsewhere.
+    #[test]
+    fn one_channel_adds_both_parts() {
+        // GN over 1 channel x 2 pixels {1, 3}: -1, +1; gamma 1, beta 0, w = 1:
+        // W = sigmoid(-1) (below 0.5) and sigmoid(1) (above).
+        let y = host(spatial_reconstruction(
+            tensor(&[1.0, 3.0], [1, 1, 1, 2]),
+            t1(&[1.0]),
+            t1(&[0.0]),
+            1,
+        ));
+        let s = 1.0 / (1.0 + 1f32.exp());
+        let expect = [2.0 * s * 1.0, 3.0];
+        assert!(
+            (y[0] - expect[0]).abs() < 1e-5 && (y[1] - expect[1]).abs() < 1e-6,
+            "{y:?}"
+        );
+    }
 
     #[test]
     fn groups_divide_the_channels() {

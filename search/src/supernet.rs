@@ -110,18 +110,6 @@ impl SupernetConfig {
                 self.stages
             ));
         }
-        if self.spatial_reconstruction {
-            if let Some(k) = self
-                .branch_ks()
-                .into_iter()
-                .find(|&k| self.channels % k != 0 || (self.channels / k) % 2 != 0)
-            {
-                return Err(format!(
-                    "--spatial-reconstruction needs an even number of selected channels on every edge, but C/K = {}/{k} is not: its cross-reconstruction swaps two halves",
-                    self.channels
-                ));
-            }
-        }
         // Nodes have C channels in the first stage, 2C and 4C after the reductions.
         if !self.learn_proportion && self.channels % self.partial_k != 0 {
             return Err(format!(
@@ -667,22 +655,15 @@ mod tests {
             err.starts_with("--learn-proportion needs --channels divisible by 8"),
             "{err}"
         );
-        let err = SupernetConfig::new()
-            .with_channels(8)
-            .with_learn_proportion(true)
-            .with_spatial_reconstruction(true)
-            .validate()
-            .unwrap_err();
-        assert!(err.contains("C/K = 8/8"), "{err}");
         assert!(SupernetConfig::new()
             .with_channels(16)
             .with_learn_proportion(true)
             .with_spatial_reconstruction(true)
             .validate()
             .is_ok());
-        // With a fixed K = 4 of 8 channels the SRU gets 2: fine.
         assert!(SupernetConfig::new()
             .with_channels(8)
+            .with_learn_proportion(true)
             .with_spatial_reconstruction(true)
             .validate()
             .is_ok());

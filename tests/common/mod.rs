@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end tests: .npy reading, tract as the independent ONNX
+//! Helpers shared by the end-to-end tests: .npy reading and writing, tract as the independent ONNX
 //! implementation, max-abs difference.
 #![allow(dead_code)]
 
@@ -11,6 +11,21 @@ pub fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
     let shape = npy.shape().to_vec();
     (shape, npy.into_vec().unwrap())
+}
+
+/// Writes a float32 .npy file.
+pub fn write_npy(path: &Path, data: &[f32], shape: &[u64]) {
+    use npyz::WriterBuilder;
+    let mut bytes = vec![];
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut bytes)
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// tract's logits for `x` (NCHW `shape`) on the ONNX file at `path`.

@@ -1,0 +1,556 @@
+//! `splitnas compare`: every channel-split method searched with the same budget, every
+//! found genotype plus DARTS_V2, PC_DARTS and random cells trained with the same recipe,
+//! one table (`compare.md`, `compare.json`).
+//!
+//! Each search and training is a child process of this binary (`splitnas search ...`,
+//! `splitnas train ...`), so its wall time and peak memory (`wait4`'s maximum resident set
+//! size, what `/usr/bin/time -v` reports) are its own. Work is never repeated or lost: a
+//! finished child leaves `result.json` in its directory and is skipped next time; an
+//! interrupted one is continued with `--resume` (its seconds add up, its peak is the
+//! maximum over the pieces).
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use splitnas_models::{zoo, Genotype, Primitive};
+use splitnas_search::checkpoint::write_atomic;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// The methods `compare` knows, with the search flags that select them.
+pub const METHODS: [(&str, &str, &[&str]); 5] = [
+    (
+        "split",
+        "CSC-DARTS: fixed split + channel shuffle",
+        &["--selector", "split"],
+    ),
+    (
+        "random",
+        "PC-DARTS-style random channel subset",
+        &["--selector", "random"],
+    ),
+    (
+        "attention",
+        "ADARTS: attention-selected channels",
+        &["--selector", "attention"],
+    ),
+    (
+        "slim",
+        "Slim-DARTS: random subset, spatial reconstruction, learned proportion",
+        &[
+            "--selector",
+            "random",
+            "--spatial-reconstruction",
+            "--learn-proportion",
+        ],
+    ),
+    (
+        "progressive",
+        "LFR-DARTS: 3 stages shallow to deep (split selector)",
+        &["--selector", "split", "--progressive", "3"],
+    ),
+];
+
+/// What `splitnas compare` was asked to do.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Compare {
+    /// Data set name.
+    pub dataset: String,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Methods to search (names from [`METHODS`]).
+    pub methods: Vec<String>,
+    /// Search: supernet channels.
+    pub channels: usize,
+    /// Search: supernet cells.
+    pub layers: usize,
+    /// Search: partial factor K of the fixed-K methods.
+    pub partial_k: usize,
+    /// Search epochs (a progressive search splits them between its stages).
+    pub epochs: usize,
+    /// Search warm-up epochs (per stage for the progressive search).
+    pub warmup_epochs: usize,
+    /// Search batch size.
+    pub batch_size: usize,
+    /// Search architecture learning rate.
+    pub arch_lr: f64,
+    /// first or second.
+    pub order: String,
+    /// Training images the search uses (half weights, half architecture).
+    pub search_limit: usize,
+    /// Training: channels of the evaluation network.
+    pub train_channels: usize,
+    /// Training: cells.
+    pub train_layers: usize,
+    /// Training epochs.
+    pub train_epochs: usize,
+    /// Training batch size.
+    pub train_batch_size: usize,
+    /// Training learning rate.
+    pub train_lr: f64,
+    /// Training images.
+    pub train_limit: Option<usize>,
+    /// Test images.
+    pub test_limit: Option<usize>,
+    /// Training seeds per genotype.
+    pub seeds: usize,
+    /// Random genotypes (seeds 1..=N).
+    pub random_genotypes: usize,
+    /// Seed of the searches.
+    pub seed: u64,
+    /// Device of every child.
+    pub device: String,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+/// Wall time and peak memory of one child (summed / maxed over resumed pieces).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct ChildCost {
+    seconds: f64,
+    peak_rss_mb: f64,
+}
+
+/// A finished training run (`result.json` in its directory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TrainResult {
+    test_acc: f64,
+    parameters: usize,
+    cost: ChildCost,
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    /// Method or baseline name.
+    pub method: String,
+    /// What it is.
+    pub description: String,
+    /// Search wall time (None for baselines).
+    pub search_seconds: Option<f64>,
+    /// Search peak resident memory (MB).
+    pub search_peak_mb: Option<f64>,
+    /// Genotype, DARTS notation.
+    pub genotype: String,
+    /// skip_connect edges in the normal cell(s) (summed over stages for per-stage genotypes).
+    pub normal_skips: usize,
+    /// Parameters of the trained network.
+    pub parameters: usize,
+    /// Test accuracy per training seed.
+    pub test_acc: Vec<f64>,
+    /// Mean test accuracy.
+    pub test_acc_mean: f64,
+    /// max - min over the seeds.
+    pub test_acc_spread: f64,
+}
+
+/// `compare.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareFile {
+    /// The budget and recipe.
+    pub settings: Compare,
+    /// The table.
+    pub rows: Vec<Row>,
+}
+
+fn check(c: &Compare) -> Result<()> {
+    for m in &c.methods {
+        if !METHODS.iter().any(|(name, _, _)| name == m) {
+            let names: Vec<&str> = METHODS.iter().map(|m| m.0).collect();
+            bail!(
+                "--methods: unknown method '{m}' (expected some of {})",
+                names.join(", ")
+            );
+        }
+    }
+    if c.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    if c.epochs == 0 || c.train_epochs == 0 {
+        bail!("--epochs and --train-epochs must be at least 1");
+    }
+    if c.methods.iter().any(|m| m == "progressive") && c.epochs < 3 * (c.warmup_epochs + 1) {
+        bail!(
+            "--epochs {}: the progressive search splits them into 3 stages that each need more than --warmup-epochs {} epochs; use at least {}",
+            c.epochs,
+            c.warmup_epochs,
+            3 * (c.warmup_epochs + 1)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `exe args`, stdout and stderr appended to `log`; returns its wall time and peak RSS.
+fn child(exe: &Path, args: &[String], log: &Path) -> Result<ChildCost> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = file.try_clone()?;
+    let t0 = Instant::now();
+    let mut proc = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let pid = proc.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: plain FFI call; `usage` is a valid, zeroed out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = t0.elapsed().as_secs_f64();
+    if rc != pid {
+        // wait4 failed: fall back to std's wait (no memory figure).
+        let st = proc.wait()?;
+        if !st.success() {
+            bail!(
+                "`splitnas {}` failed ({st}); see {}",
+                args.join(" "),
+                log.display()
+            );
+        }
+        return Ok(ChildCost {
+            seconds,
+            peak_rss_mb: 0.0,
+        });
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        let tail: String = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!(
+            "`splitnas {}` failed (status {status}); log {}:\n{tail}",
+            args.join(" "),
+            log.display()
+        );
+    }
+    Ok(ChildCost {
+        seconds,
+        // Linux reports ru_maxrss in KiB.
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+    })
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    write_atomic(path, text.as_bytes()).map_err(anyhow::Error::from)
+}
+
+/// Runs a child into `dir` unless `dir/result.json` says it finished; continues it with
+/// `--resume` when it left a checkpoint. Returns the accumulated cost.
+fn run_once(exe: &Path, mut args: Vec<String>, dir: &Path, log: &Path) -> Result<ChildCost> {
+    let cost_file = dir.join("compare_cost.json");
+    let mut cost: ChildCost = read_json(&cost_file).unwrap_or_default();
+    if dir.join("checkpoint.json").exists() {
+        args.push("--resume".into());
+    } else if dir.exists() {
+        // Started but never checkpointed: nothing to keep.
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        cost = ChildCost::default();
+    }
+    let c = child(exe, &args, log)?;
+    cost.seconds += c.seconds;
+    cost.peak_rss_mb = cost.peak_rss_mb.max(c.peak_rss_mb);
+    write_json(&cost_file, &cost)?;
+    Ok(cost)
+}
+
+fn normal_skips(g: &Genotype) -> usize {
+    g.stages()
+        .iter()
+        .map(|p| {
+            p.normal
+                .edges
+                .iter()
+                .filter(|e| e.0 == Primitive::SkipConnect)
+                .count()
+        })
+        .sum()
+}
+
+fn data_args(c: &Compare) -> Vec<String> {
+    let mut v = vec!["--dataset".to_string(), c.dataset.clone()];
+    if let Some(d) = &c.data_dir {
+        v.extend(["--data-dir".to_string(), d.display().to_string()]);
+    }
+    v
+}
+
+/// Runs the comparison; returns the rows (also written to compare.md / compare.json).
+pub fn run(c: &Compare) -> Result<Vec<Row>> {
+    check(c)?;
+    let exe = std::env::current_exe().context("locating the splitnas binary")?;
+    std::fs::create_dir_all(c.out.join("logs"))
+        .with_context(|| format!("--out {}", c.out.display()))?;
+    let settings_file = c.out.join("settings.json");
+    if let Some(previous) = read_json::<Compare>(&settings_file) {
+        if &previous != c {
+            bail!(
+                "--out {} holds a comparison with other settings ({}); use another --out to compare with a different budget",
+                c.out.display(),
+                settings_file.display()
+            );
+        }
+    }
+    write_json(&settings_file, c)?;
+    let total = c.methods.len() + (c.methods.len() + 2 + c.random_genotypes) * c.seeds;
+    let mut step = 0;
+    let t_all = Instant::now();
+
+    // 1. Searches.
+    let mut candidates: Vec<(String, String, Genotype, Option<ChildCost>)> = vec![];
+    for m in &c.methods {
+        let Some((name, description, flags)) = METHODS.iter().find(|x| x.0 == m) else {
+            continue;
+        };
+        step += 1;
+        let dir = c.out.join("search").join(name);
+        let done = dir.join("result.json");
+        let cost = match read_json::<ChildCost>(&done) {
+            Some(cost) => {
+                println!(
+                    "[{step}/{total}] search {name}: done before ({:.0} s)",
+                    cost.seconds
+                );
+                cost
+            }
+            None => {
+                println!("[{step}/{total}] search {name} ({description})");
+                let mut args: Vec<String> = vec!["search".into()];
+                args.extend(data_args(c));
+                for (f, v) in [
+                    ("--channels", c.channels.to_string()),
+                    ("--layers", c.layers.to_string()),
+                    ("--epochs", c.epochs.to_string()),
+                    ("--warmup-epochs", c.warmup_epochs.to_string()),
+                    ("--batch-size", c.batch_size.to_string()),
+                    ("--arch-lr", c.arch_lr.to_string()),
+                    ("--order", c.order.clone()),
+                    ("--train-limit", c.search_limit.to_string()),
+                    ("--seed", c.seed.to_string()),
+                    ("--device", c.device.clone()),
+                    ("--out", dir.display().to_string()),
+                ] {
+                    args.extend([f.to_string(), v]);
+                }
+                if *name != "slim" {
+                    args.extend(["--partial-k".to_string(), c.partial_k.to_string()]);
+                }
+                args.extend(flags.iter().map(|s| s.to_string()));
+                let log = c.out.join("logs").join(format!("search-{name}.log"));
+                let cost = run_once(&exe, args, &dir, &log)?;
+                write_json(&done, &cost)?;
+                println!("    {:.0} s, peak {:.0} MB", cost.seconds, cost.peak_rss_mb);
+                cost
+            }
+        };
+        let gfile = dir.join("genotype.json");
+        let g = Genotype::resolve(&gfile.display().to_string())
+            .with_context(|| format!("reading {}", gfile.display()))?;
+        candidates.push((name.to_string(), description.to_string(), g, Some(cost)));
+    }
+    for name in ["DARTS_V2", "PC_DARTS"] {
+        let g = zoo::by_name(name).context("zoo")?;
+        candidates.push((name.into(), "published cell".into(), g, None));
+    }
+    for i in 1..=c.random_genotypes {
+        candidates.push((
+            format!("random_{i}"),
+            format!("random cell (seed {i})"),
+            zoo::random(i as u64),
+            None,
+        ));
+    }
+
+    // 2. Training, same recipe for every genotype.
+    let mut rows = vec![];
+    for (name, description, g, search_cost) in candidates {
+        let gdir = c.out.join("genotypes");
+        std::fs::create_dir_all(&gdir)?;
+        let gfile = gdir.join(format!("{name}.json"));
+        write_atomic(&gfile, g.to_json().as_bytes())?;
+        let mut accs = vec![];
+        let mut parameters = 0;
+        for seed in 0..c.seeds as u64 {
+            step += 1;
+            let dir = c.out.join("train").join(format!("{name}-seed{seed}"));
+            let done = dir.join("result.json");
+            let r = match read_json::<TrainResult>(&done) {
+                Some(r) => {
+                    println!(
+                        "[{step}/{total}] train {name} seed {seed}: done before (test_acc {:.4})",
+                        r.test_acc
+                    );
+                    r
+                }
+                None => {
+                    println!("[{step}/{total}] train {name} seed {seed}");
+                    let mut args: Vec<String> = vec!["train".into()];
+                    args.extend(data_args(c));
+                    for (f, v) in [
+                        ("--genotype", gfile.display().to_string()),
+                        ("--channels", c.train_channels.to_string()),
+                        ("--layers", c.train_layers.to_string()),
+                        ("--epochs", c.train_epochs.to_string()),
+                        ("--batch-size", c.train_batch_size.to_string()),
+                        ("--lr", c.train_lr.to_string()),
+                        ("--seed", seed.to_string()),
+                        ("--device", c.device.clone()),
+                        ("--out", dir.display().to_string()),
+                    ] {
+                        args.extend([f.to_string(), v]);
+                    }
+                    if let Some(n) = c.train_limit {
+                        args.extend(["--train-limit".to_string(), n.to_string()]);
+                    }
+                    if let Some(n) = c.test_limit {
+                        args.extend(["--test-limit".to_string(), n.to_string()]);
+                    }
+                    let log = c
+                        .out
+                        .join("logs")
+                        .join(format!("train-{name}-seed{seed}.log"));
+                    let cost = run_once(&exe, args, &dir, &log)?;
+                    let r = read_train(&dir, &log, cost)?;
+                    write_json(&done, &r)?;
+                    println!(
+                        "    test_acc {:.4}, {} parameters, {:.0} s",
+                        r.test_acc, r.parameters, r.cost.seconds
+                    );
+                    r
+                }
+            };
+            accs.push(r.test_acc);
+            parameters = r.parameters;
+        }
+        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+        let spread = accs.iter().copied().fold(f64::MIN, f64::max)
+            - accs.iter().copied().fold(f64::MAX, f64::min);
+        rows.push(Row {
+            method: name,
+            description,
+            search_seconds: search_cost.as_ref().map(|c| c.seconds),
+            search_peak_mb: search_cost.as_ref().map(|c| c.peak_rss_mb),
+            normal_skips: normal_skips(&g),
+            genotype: g.to_darts(),
+            parameters,
+            test_acc: accs,
+            test_acc_mean: mean,
+            test_acc_spread: spread,
+        });
+    }
+    write_json(
+        &c.out.join("compare.json"),
+        &CompareFile {
+            settings: c.clone(),
+            rows: rows.clone(),
+        },
+    )?;
+    let md = markdown(c, &rows);
+    write_atomic(&c.out.join("compare.md"), md.as_bytes())?;
+    println!("\n{md}");
+    println!(
+        "compare: {} rows, {:.0} s, wrote {} and {}",
+        rows.len(),
+        t_all.elapsed().as_secs_f64(),
+        c.out.join("compare.md").display(),
+        c.out.join("compare.json").display()
+    );
+    Ok(rows)
+}
+
+/// Test accuracy (last epoch of metrics.jsonl) and parameters (the child's final line).
+fn read_train(dir: &Path, log: &Path, cost: ChildCost) -> Result<TrainResult> {
+    let metrics = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
+    let last: serde_json::Value = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("{}: no epoch record", metrics.display()))?;
+    let test_acc = last["test_acc"]
+        .as_f64()
+        .with_context(|| format!("{}: no test_acc", metrics.display()))?;
+    let log_text = std::fs::read_to_string(log).unwrap_or_default();
+    let parameters = log_text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("parameters=")?.parse().ok())
+        })
+        .with_context(|| format!("{}: no `parameters=` line", log.display()))?;
+    Ok(TrainResult {
+        test_acc,
+        parameters,
+        cost,
+    })
+}
+
+fn markdown(c: &Compare, rows: &[Row]) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "# splitnas compare on {}\n\nSearch budget (every method): C={} L={} K={} (slim: learned), {} epochs ({} warm-up; per stage for progressive), batch {}, {} order, arch lr {}, first {} training images (half weights, half architecture), seed {}.\nTraining recipe (every genotype): C={} L={}, {} epochs, batch {}, lr {}, {} training / {} test images, seeds 0..{}.\n\n",
+        c.dataset,
+        c.channels,
+        c.layers,
+        c.partial_k,
+        c.epochs,
+        c.warmup_epochs,
+        c.batch_size,
+        c.order,
+        c.arch_lr,
+        c.search_limit,
+        c.seed,
+        c.train_channels,
+        c.train_layers,
+        c.train_epochs,
+        c.train_batch_size,
+        c.train_lr,
+        c.train_limit.map_or("all".into(), |n| n.to_string()),
+        c.test_limit.map_or("all".into(), |n| n.to_string()),
+        c.seeds,
+    ));
+    s.push_str("| method | search s | search peak MB | parameters | normal skips | test acc (mean) | spread (max-min) | per seed |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in rows {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {} |\n",
+            r.method,
+            opt(r.search_seconds),
+            opt(r.search_peak_mb),
+            r.parameters,
+            r.normal_skips,
+            r.test_acc_mean,
+            r.test_acc_spread,
+            r.test_acc
+                .iter()
+                .map(|a| format!("{a:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    s.push_str("\nGenotypes:\n\n");
+    for r in rows {
+        s.push_str(&format!(
+            "- {} ({}): `{}`\n",
+            r.method, r.description, r.genotype
+        ));
+    }
+    s
+}
