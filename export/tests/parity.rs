@@ -37,8 +37,20 @@ impl ModuleMapper<A> for Affine {
     }
 }
 
+/// A zoo name, or `STAGED`: a per-stage genotype (LFR-DARTS) with DARTS_V1, DARTS_V2 and
+/// PC_DARTS as its three stages.
+fn genotype(name: &str) -> Genotype {
+    if name == "STAGED" {
+        let pairs = ["DARTS_V1", "DARTS_V2", "PC_DARTS"]
+            .map(|n| Genotype::resolve(n).unwrap().stages()[0].clone())
+            .to_vec();
+        return Genotype::new(pairs).unwrap();
+    }
+    Genotype::resolve(name).unwrap()
+}
+
 fn network(name: &str, identity: bool, in_c: usize, side: usize) -> (NetworkConfig, Network<B>) {
-    let cfg = NetworkConfig::new(Genotype::resolve(name).unwrap())
+    let cfg = NetworkConfig::new(genotype(name))
         .with_channels(8)
         .with_layers(5)
         .with_classes(10)
@@ -157,6 +169,15 @@ fn darts_v2_matches_burn_gray_and_rgb_with_and_without_identity() {
         for identity in [false, true] {
             check("DARTS_V2", identity, in_c, side);
         }
+    }
+}
+
+/// A per-stage genotype (what `splitnas search --progressive 3` writes).
+#[test]
+fn per_stage_genotype_matches_burn() {
+    assert_eq!(genotype("STAGED").stages().len(), 3);
+    for (in_c, side) in [(1, 28), (3, 32)] {
+        check("STAGED", true, in_c, side);
     }
 }
 
