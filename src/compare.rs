@@ -228,8 +228,15 @@ fn child(exe: &Path, args: &[String], log: &Path) -> Result<ChildCost> {
             .rev()
             .collect::<Vec<_>>()
             .join("\n");
+        let how = if libc::WIFEXITED(status) {
+            format!("exit code {}", libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("wait status {status}")
+        };
         bail!(
-            "`splitnas {}` failed (status {status}); log {}:\n{tail}",
+            "`splitnas {}` failed ({how}); log {}:\n{tail}",
             args.join(" "),
             log.display()
         );
