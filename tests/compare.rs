@@ -146,4 +146,27 @@ fn compare_writes_a_table_from_its_runs_and_continues_instead_of_repeating() {
     assert!(!ok && stderr.contains("other settings"), "{stderr}");
     let (ok, _, stderr) = splitnas(&["compare", "--methods", "split,magic", "--out", out_s]);
     assert!(!ok && stderr.contains("unknown method 'magic'"), "{stderr}");
+    // A child that fails: its command, exit code, log file and last lines are reported.
+    let bad = dir.path().join("bad");
+    let (ok, _, stderr) = splitnas(&[
+        "compare",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        "/nonexistent-splitnas",
+        "--methods",
+        "split",
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{stderr}");
+    for needle in [
+        "`splitnas search --dataset fashion-mnist",
+        "failed (exit code 1)",
+        "search-split.log",
+        "/nonexistent-splitnas/train-images-idx3-ubyte",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
