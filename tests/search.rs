@@ -28,6 +28,36 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `splitnas train` of a genotype file on Fashion-MNIST, tiny: C=4, L=3, 1 epoch, the
+/// first `train_limit` training and 64 test images.
+fn train_small(gfile: &Path, out: &Path, train_limit: usize) -> (bool, String, String) {
+    let limit = train_limit.to_string();
+    splitnas(
+        &[
+            "train",
+            "--genotype",
+            gfile.to_str().unwrap(),
+            "--dataset",
+            "fashion-mnist",
+            "--channels",
+            "4",
+            "--layers",
+            "3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--train-limit",
+            &limit,
+            "--test-limit",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
 fn args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["search", "--dataset", "fashion-mnist", "--out", out];
     v.extend_from_slice(extra);
@@ -128,30 +158,7 @@ fn short_real_search_writes_a_trainable_genotype_and_resumes() {
 
     // The genotype trains.
     let tout = dir.path().join("train");
-    let (ok, stdout, stderr) = splitnas(
-        &[
-            "train",
-            "--genotype",
-            gfile.to_str().unwrap(),
-            "--dataset",
-            "fashion-mnist",
-            "--channels",
-            "4",
-            "--layers",
-            "3",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--train-limit",
-            "128",
-            "--test-limit",
-            "64",
-            "--out",
-            tout.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (ok, stdout, stderr) = train_small(&gfile, &tout, 128);
     assert!(ok, "train on the searched genotype: {stdout}\n{stderr}");
 }
 
@@ -240,30 +247,7 @@ fn progressive_search_resumes_and_its_per_stage_genotype_trains_and_exports() {
     assert_eq!(pairs[2], stage_of(&after(3), 2));
 
     let run = dir.path().join("run");
-    let (ok, stdout, stderr) = splitnas(
-        &[
-            "train",
-            "--genotype",
-            gfile.to_str().unwrap(),
-            "--dataset",
-            "fashion-mnist",
-            "--channels",
-            "4",
-            "--layers",
-            "3",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--train-limit",
-            "256",
-            "--test-limit",
-            "64",
-            "--out",
-            run.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (ok, stdout, stderr) = train_small(&gfile, &run, 256);
     assert!(ok, "train on the per-stage genotype: {stdout}\n{stderr}");
     let onnx = dir.path().join("model.onnx");
     let (ok, stdout, stderr) = splitnas(
