@@ -104,10 +104,13 @@ pub struct Compare {
     pub out: PathBuf,
 }
 
-/// Wall time and peak memory of one child (summed / maxed over resumed pieces).
+/// Wall time, CPU time and peak memory of one child (summed / maxed over resumed
+/// pieces). CPU time (user + system) does not grow when other work shares the machine.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 struct ChildCost {
     seconds: f64,
+    #[serde(default)]
+    cpu_seconds: f64,
     peak_rss_mb: f64,
 }
 
@@ -128,6 +131,8 @@ pub struct Row {
     pub description: String,
     /// Search wall time (None for baselines).
     pub search_seconds: Option<f64>,
+    /// Search CPU time, user + system (None for baselines).
+    pub search_cpu_seconds: Option<f64>,
     /// Search peak resident memory (MB).
     pub search_peak_mb: Option<f64>,
     /// Genotype, DARTS notation.
@@ -213,7 +218,7 @@ fn child(exe: &Path, args: &[String], log: &Path) -> Result<ChildCost> {
         }
         return Ok(ChildCost {
             seconds,
-            peak_rss_mb: 0.0,
+            ..ChildCost::default()
         });
     }
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
@@ -241,8 +246,10 @@ fn child(exe: &Path, args: &[String], log: &Path) -> Result<ChildCost> {
             log.display()
         );
     }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
     Ok(ChildCost {
         seconds,
+        cpu_seconds: tv(usage.ru_utime) + tv(usage.ru_stime),
         // Linux reports ru_maxrss in KiB.
         peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
     })
@@ -271,6 +278,7 @@ fn run_once(exe: &Path, mut args: Vec<String>, dir: &Path, log: &Path) -> Result
     }
     let c = child(exe, &args, log)?;
     cost.seconds += c.seconds;
+    cost.cpu_seconds += c.cpu_seconds;
     cost.peak_rss_mb = cost.peak_rss_mb.max(c.peak_rss_mb);
     write_json(&cost_file, &cost)?;
     Ok(cost)
@@ -361,7 +369,10 @@ pub fn run(c: &Compare) -> Result<Vec<Row>> {
                 let log = c.out.join("logs").join(format!("search-{name}.log"));
                 let cost = run_once(&exe, args, &dir, &log)?;
                 write_json(&done, &cost)?;
-                println!("    {:.0} s, peak {:.0} MB", cost.seconds, cost.peak_rss_mb);
+                println!(
+                    "    {:.0} s ({:.0} s CPU), peak {:.0} MB",
+                    cost.seconds, cost.cpu_seconds, cost.peak_rss_mb
+                );
                 cost
             }
         };
@@ -451,6 +462,7 @@ pub fn run(c: &Compare) -> Result<Vec<Row>> {
             method: name,
             description,
             search_seconds: search_cost.as_ref().map(|c| c.seconds),
+            search_cpu_seconds: search_cost.as_ref().map(|c| c.cpu_seconds),
             search_peak_mb: search_cost.as_ref().map(|c| c.peak_rss_mb),
             normal_skips: normal_skips(&g),
             genotype: g.to_darts(),
@@ -533,13 +545,14 @@ fn markdown(c: &Compare, rows: &[Row]) -> String {
         c.test_limit.map_or("all".into(), |n| n.to_string()),
         c.seeds,
     ));
-    s.push_str("| method | search s | search peak MB | parameters | normal skips | test acc (mean) | spread (max-min) | per seed |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| method | search s (wall) | search CPU s | search peak MB | parameters | normal skips | test acc (mean) | spread (max-min) | per seed |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.4} | {} |\n",
             r.method,
             opt(r.search_seconds),
+            opt(r.search_cpu_seconds),
             opt(r.search_peak_mb),
             r.parameters,
             r.normal_skips,

@@ -127,6 +127,7 @@ fn compare_writes_a_table_from_its_runs_and_continues_instead_of_repeating() {
     let last: serde_json::Value = serde_json::from_str(searched.lines().last().unwrap()).unwrap();
     assert_eq!(split["genotype"], last["genotype"]);
     assert!(split["search_seconds"].as_f64().unwrap() > 0.0);
+    assert!(split["search_cpu_seconds"].as_f64().unwrap() > 0.0);
     let peak = split["search_peak_mb"].as_f64().unwrap();
     assert!(peak > 10.0 && peak < 64_000.0, "{peak}");
     assert!(rows[1]["search_seconds"].is_null());
