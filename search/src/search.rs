@@ -104,7 +104,8 @@ pub struct SearchConfig {
     pub train_limit: Option<usize>,
 }
 
-/// Alpha entropy per cell type.
+/// One number per cell type: the mean alpha entropy, or (`proportion`) the mean learned
+/// proportion of channels.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Entropy {
     /// Normal cell.
