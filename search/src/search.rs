@@ -624,11 +624,14 @@ pub fn search_on<B: AutodiffBackend>(
         let valid_net = net.valid();
         let (valid_loss, valid_acc) =
             evaluate(&valid_net, &dataset.train, &arch_half, &cfg, device);
-        let current = valid_net.genotype().stage(0).clone();
-        let genotype = compose_genotype(&frozen, &current, stages);
         let edge_norm = valid_net.weights.edge_norm;
         let normal = valid_net.arch.cell_weights(false, edge_norm);
         let reduce = valid_net.arch.cell_weights(true, edge_norm);
+        let current = CellPair {
+            normal: normal.genotype(),
+            reduce: reduce.genotype(),
+        };
+        let genotype = compose_genotype(&frozen, &current, stages);
         let stage_label = (stages > 1).then_some(stage + 1);
         let learned = normal
             .learned_proportions()
