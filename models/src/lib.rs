@@ -13,6 +13,7 @@ pub mod bn;
 pub mod cell;
 pub mod draw;
 pub mod fastconv;
+pub mod fastpool;
 pub mod genotype;
 pub mod graph;
 pub mod network;

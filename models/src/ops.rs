@@ -5,12 +5,12 @@
 
 use crate::bn::{BatchNorm2d, BatchNorm2dConfig};
 use crate::fastconv::conv_forward;
+use crate::fastpool;
 use crate::genotype::Primitive;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::{backend::Backend, Tensor};
 
 /// A bias-free 2-D convolution.
@@ -239,8 +239,8 @@ impl<B: Backend> Op<B> {
                 let [n, c, h, w] = x.dims();
                 Tensor::zeros([n, c, h.div_ceil(*s), w.div_ceil(*s)], &x.device())
             }
-            Op::MaxPool(s) => max_pool2d(x, [3, 3], [*s, *s], [1, 1], [1, 1], false),
-            Op::AvgPool(s) => avg_pool2d(x, [3, 3], [*s, *s], [1, 1], false, false),
+            Op::MaxPool(s) => fastpool::max_pool2d(x, 3, *s, 1),
+            Op::AvgPool(s) => fastpool::avg_pool2d(x, 3, *s, 1),
             Op::Identity(_) => x,
             Op::Reduce(m) => m.forward(x),
             Op::Sep(m) => m.forward(x),

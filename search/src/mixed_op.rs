@@ -28,7 +28,6 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -426,7 +425,7 @@ impl<B: Backend> MixedOp<B> {
         } else {
             x
         };
-        max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
+        splitnas_models::fastpool::max_pool2d(x, 2, 2, 0)
     }
 }
 
