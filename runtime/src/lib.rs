@@ -18,6 +18,7 @@
 
 pub mod device;
 pub mod error;
+mod host;
 pub mod input;
 mod ops;
 mod plan;

@@ -6,6 +6,7 @@ use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{activation::relu, Slice, Tensor};
 
+use crate::host::{self, Axis, Reduce};
 use crate::value::Dim;
 
 /// A step input: a run-time value or a constant prepared at load time.
@@ -134,6 +135,20 @@ fn physical(shape: &[Dim], n: usize) -> [usize; 4] {
     p
 }
 
+/// Pools the host kernels cover: floor mode, and every window holds an image element.
+fn host_pool(kernel: &[usize; 2], padding: &[usize; 2], ceil: bool) -> bool {
+    !ceil && (0..2).all(|i| 2 * padding[i] <= kernel[i])
+}
+
+fn pool_axes(kernel: &[usize; 2], stride: &[usize; 2], padding: &[usize; 2]) -> (Axis, Axis) {
+    let axis = |i: usize| Axis {
+        k: kernel[i],
+        s: stride[i],
+        p: padding[i],
+    };
+    (axis(0), axis(1))
+}
+
 /// Runs the plan on `input` (value 0) with batch size `n`; returns value `output`.
 pub(crate) fn execute<B: Backend>(
     plan: &[Planned<B>],
@@ -145,6 +160,7 @@ pub(crate) fn execute<B: Backend>(
     let mut values: Vec<Option<Tensor<B, 4>>> = vec![None; values_len];
     values[0] = Some(input);
     let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();
+    let on_host = host::is_host::<B>();
     let mut times: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
     for p in plan {
         let t0 = std::time::Instant::now();
@@ -179,14 +195,15 @@ pub(crate) fn execute<B: Backend>(
                 padding,
                 dilation,
                 ceil,
-            } => max_pool2d(
-                get(&values, *x),
-                *kernel,
-                *stride,
-                *padding,
-                *dilation,
-                *ceil,
-            ),
+            } => {
+                let x = get(&values, *x);
+                if on_host && host_pool(kernel, padding, *ceil) && *dilation == [1, 1] {
+                    let (rows, cols) = pool_axes(kernel, stride, padding);
+                    host::pool(x, rows, cols, Reduce::Max)
+                } else {
+                    max_pool2d(x, *kernel, *stride, *padding, *dilation, *ceil)
+                }
+            }
             Step::AvgPool {
                 x,
                 kernel,
@@ -194,14 +211,15 @@ pub(crate) fn execute<B: Backend>(
                 padding,
                 include_pad,
                 ceil,
-            } => avg_pool2d(
-                get(&values, *x),
-                *kernel,
-                *stride,
-                *padding,
-                *include_pad,
-                *ceil,
-            ),
+            } => {
+                let x = get(&values, *x);
+                if on_host && host_pool(kernel, padding, *ceil) {
+                    let (rows, cols) = pool_axes(kernel, stride, padding);
+                    host::pool(x, rows, cols, Reduce::Avg(*include_pad))
+                } else {
+                    avg_pool2d(x, *kernel, *stride, *padding, *include_pad, *ceil)
+                }
+            }
             Step::GlobalAvgPool(x) => get(&values, *x).mean_dim(3).mean_dim(2),
             Step::ReduceMean { x, axes, out } => {
                 let mut t = get(&values, *x);
