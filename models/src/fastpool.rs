@@ -113,7 +113,7 @@ fn pool<B: Backend>(x: Tensor<B, 4>, win: Window, kind: Kind) -> Tensor<B, 4> {
 }
 
 /// Moves a value between two types that `TypeId` has shown to be the same.
-fn same<T: 'static, U: 'static>(value: T) -> U {
+pub(crate) fn same<T: 'static, U: 'static>(value: T) -> U {
     let boxed: Box<dyn Any> = Box::new(value);
     *boxed
         .downcast::<U>()
@@ -299,7 +299,7 @@ fn for_planes<T: Send>(
     });
 }
 
-fn host<B: Backend>(x: Tensor<B, 4>) -> Vec<f32> {
+pub(crate) fn host<B: Backend>(x: Tensor<B, 4>) -> Vec<f32> {
     x.into_data()
         .convert::<f32>()
         .into_vec()

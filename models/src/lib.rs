@@ -14,6 +14,7 @@ pub mod cell;
 pub mod draw;
 pub mod fastconv;
 pub mod fastpool;
+pub mod fastselect;
 pub mod genotype;
 pub mod graph;
 pub mod network;

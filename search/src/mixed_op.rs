@@ -34,6 +34,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
+use splitnas_models::fastselect::select_channels;
 use splitnas_models::ops::Op;
 use splitnas_models::Primitive;
 
@@ -85,10 +86,13 @@ pub fn channel_shuffle<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 
     if groups <= 1 {
         return x;
     }
-    let [n, c, h, w] = x.dims();
-    x.reshape([n, groups, c / groups, h, w])
-        .swap_dims(1, 2)
-        .reshape([n, c, h, w])
+    let c = x.dims()[1];
+    let per_group = c / groups;
+    let order: Vec<usize> = (0..c)
+        .map(|o| (o % groups) * per_group + o / groups)
+        .collect();
+    // One plane copy per channel on the CPU backends (see `models::fastselect`).
+    select_channels(x, &order)
 }
 
 /// Reduction ratio of [`ChannelAttention`]'s hidden layer (squeeze-and-excitation style;
@@ -397,12 +401,12 @@ impl<B: Backend> MixedOp<B> {
             let data: Vec<i64> = v.iter().map(|&i| i as i64).collect();
             Tensor::<B, 1, Int>::from_data(TensorData::new(data, [v.len()]), &device)
         };
-        let mut selected = x.clone().select(1, index(&perm[..ck]));
+        let mut selected = select_channels(x.clone(), &perm[..ck]);
         if let Some(scores) = scores {
             let s = scores.select(1, index(&perm[..ck])).reshape([n, ck, 1, 1]);
             selected = selected.mul(s);
         }
-        let bypass = x.select(1, index(&perm[ck..]));
+        let bypass = select_channels(x, &perm[ck..]);
         let summed = contiguous(branch.op_sum(selected, weights));
         let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
         // merged channel j came from input channel perm[j]: put it back there.
@@ -410,7 +414,7 @@ impl<B: Backend> MixedOp<B> {
         for (j, &p) in perm.iter().enumerate() {
             inverse[p] = j;
         }
-        merged.select(1, index(&inverse))
+        select_channels(merged, &inverse)
     }
 
     fn bypass(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

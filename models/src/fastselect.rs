@@ -1,0 +1,192 @@
+//! Channel selection `y[:, j] = x[:, index[j]]` (Burn's `select` on dimension 1)
+//! with a plane-copy CPU kernel and its backward pass.
+//!
+//! The channel shuffle of the split selector (a reshape, a swap of two axes and a
+//! reshape back) and the channel gathers of the random and attention selectors
+//! run on every edge of a search step, forward and backward. Burn 0.21's flex
+//! backend makes the swapped 5-D view contiguous through a per-element index
+//! iterator (its tiled copy only covers layouts that collapse to two axes), and
+//! the backward pass pays it again; on a K=4 search step that was about a fifth
+//! of the time. Here every output channel is one `H * W` plane, so the kernel is
+//! a `memcpy` per plane, and the backward pass adds each gradient plane back
+//! onto the channel it came from (an index may repeat; its gradients add up).
+//!
+//! [`select_channels`] serves `Flex`, `NdArray` and their `Autodiff` wrappers;
+//! other backends (CUDA, wgpu) use `Tensor::select`. The tests compare values and
+//! gradients with `Tensor::select`.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::{Flex, NdArray};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use std::any::TypeId;
+
+use crate::fastpool::{host, same};
+
+/// `x.select(1, index)`: output channel `j` is input channel `index[j]`.
+///
+/// # Shapes
+/// `[N, C, H, W] -> [N, index.len(), H, W]`; every index is below C (callers build
+/// the indices themselves; an index out of range is a bug and panics).
+pub fn select_channels<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
+    let c = x.dims()[1];
+    assert!(
+        index.iter().all(|&i| i < c),
+        "channel index out of range for {c} channels"
+    );
+    let b = TypeId::of::<B>();
+    if b == TypeId::of::<Autodiff<Flex>>() {
+        return same(select_autodiff::<Flex>(same(x), index));
+    }
+    if b == TypeId::of::<Autodiff<NdArray>>() {
+        return same(select_autodiff::<NdArray>(same(x), index));
+    }
+    if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
+        return select_forward(x, index);
+    }
+    let data: Vec<i64> = index.iter().map(|&i| i as i64).collect();
+    let device = x.device();
+    x.select(
+        1,
+        Tensor::<B, 1, Int>::from_data(TensorData::new(data, [index.len()]), &device),
+    )
+}
+
+fn select_forward<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
+    let device = x.device();
+    let [n, c, h, w] = x.dims();
+    let plane = h * w;
+    let xs = host(x);
+    let mut out = Vec::with_capacity(n * index.len() * plane);
+    for sample in xs.chunks_exact(c * plane) {
+        for &i in index {
+            out.extend_from_slice(&sample[i * plane..][..plane]);
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [n, index.len(), h, w]), &device)
+}
+
+#[derive(Debug)]
+struct SelectBackward;
+
+impl<I: Backend> Backward<I, 1> for SelectBackward {
+    /// Input dims and the selected channels.
+    type State = ([usize; 4], Arc<Vec<usize>>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad: Tensor<I, 4> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let Some(node) = node else { return };
+        let (dims, index) = ops.state;
+        let [_, c, h, w] = dims;
+        let plane = h * w;
+        let device = grad.device();
+        let gs = host(grad);
+        let mut gx = vec![0f32; dims.iter().product()];
+        for (gx, g) in gx
+            .chunks_exact_mut(c * plane)
+            .zip(gs.chunks_exact(index.len() * plane))
+        {
+            for (&i, g) in index.iter().zip(g.chunks_exact(plane)) {
+                for (a, b) in gx[i * plane..][..plane].iter_mut().zip(g) {
+                    *a += b;
+                }
+            }
+        }
+        let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
+        grads.register::<I>(node.id, gx.into_primitive().tensor());
+    }
+}
+
+fn select_autodiff<I: Backend>(
+    x: Tensor<Autodiff<I>, 4>,
+    index: &[usize],
+) -> Tensor<Autodiff<I>, 4> {
+    let dims = x.dims();
+    let x = x.into_primitive().tensor();
+    let inner =
+        |t: I::FloatTensorPrimitive| Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(t));
+    let out = match SelectBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = select_forward(inner(x.primitive), index);
+            prep.finish(
+                (dims, Arc::new(index.to_vec())),
+                y.into_primitive().tensor(),
+            )
+        }
+        OpsKind::UnTracked(prep) => {
+            let y = select_forward(inner(x.primitive), index);
+            prep.finish(y.into_primitive().tensor())
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    /// Values and input gradients of sum(select(x) * r) against `Tensor::select`.
+    fn compare<B: burn::tensor::backend::AutodiffBackend>(dims: [usize; 4], index: &[usize]) {
+        let dev = Default::default();
+        let x = Tensor::<B, 4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
+        let out = [dims[0], index.len(), dims[2], dims[3]];
+        let r = Tensor::<B, 4>::random(out, Distribution::Normal(0.0, 1.0), &dev);
+        let ids: Vec<i64> = index.iter().map(|&i| i as i64).collect();
+        let run = |fast: bool| {
+            let x = x.clone().detach().require_grad();
+            let y = if fast {
+                select_channels(x.clone(), index)
+            } else {
+                let ids =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(ids.clone(), [ids.len()]), &dev);
+                x.clone().select(1, ids)
+            };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap())
+        };
+        let (y1, g1) = run(true);
+        let (y0, g0) = run(false);
+        assert_eq!(y1.dims(), out);
+        let tol = Tolerance::<f32>::absolute(1e-6);
+        y1.into_data().assert_approx_eq(&y0.into_data(), tol);
+        g1.into_data().assert_approx_eq(&g0.into_data(), tol);
+    }
+
+    #[test]
+    fn matches_burn_select_and_its_gradient() {
+        // a permutation, a subset, and repeated channels (gradients add up)
+        compare::<Autodiff<Flex>>([2, 6, 3, 5], &[3, 0, 4, 1, 5, 2]);
+        compare::<Autodiff<Flex>>([3, 8, 4, 4], &[7, 2]);
+        compare::<Autodiff<Flex>>([1, 4, 2, 2], &[1, 1, 3, 1]);
+        compare::<Autodiff<NdArray>>([2, 5, 1, 1], &[4, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn hand_made_planes() {
+        // channel c of sample n holds the value 10 * n + c everywhere
+        let dev = Default::default();
+        let data: Vec<f32> = (0..2)
+            .flat_map(|n| (0..3).flat_map(move |c| std::iter::repeat_n((10 * n + c) as f32, 4)))
+            .collect();
+        let x = Tensor::<Flex, 4>::from_data(TensorData::new(data, [2, 3, 2, 2]), &dev);
+        let y: Vec<f32> = select_channels(x, &[2, 0]).into_data().to_vec().unwrap();
+        let expect: Vec<f32> = [2.0, 0.0, 12.0, 10.0]
+            .iter()
+            .flat_map(|&v| std::iter::repeat_n(v, 4))
+            .collect();
+        assert_eq!(y, expect);
+    }
+}
