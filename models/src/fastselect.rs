@@ -50,6 +50,11 @@ pub fn select_channels<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B
     if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
         return select_forward(x, index);
     }
+    burn_select(x, index)
+}
+
+/// `Tensor::select` on dimension 1 with host indices.
+fn burn_select<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
     let data: Vec<i64> = index.iter().map(|&i| i as i64).collect();
     let device = x.device();
     x.select(
@@ -58,10 +63,52 @@ pub fn select_channels<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B
     )
 }
 
+/// `Tensor::cat([a, b], 1).select(1, index)` in one pass, without the concatenated
+/// tensor: output channel `j` is channel `index[j]` of `a` followed by `b`. The
+/// backward pass hands each input a contiguous gradient of its own shape (Burn's
+/// `cat` hands out strided views, which every later element-wise backward step
+/// walks element by element on flex).
+///
+/// # Shapes
+/// `a: [N, Ca, H, W]`, `b: [N, Cb, H, W]` -> `[N, index.len(), H, W]`; every index is
+/// below `Ca + Cb` and the batch and spatial sizes agree (callers build both; a
+/// mismatch is a bug and panics).
+pub fn merge_channels<B: Backend>(
+    a: Tensor<B, 4>,
+    b: Tensor<B, 4>,
+    index: &[usize],
+) -> Tensor<B, 4> {
+    let ([n, ca, h, w], [nb, cb, hb, wb]) = (a.dims(), b.dims());
+    assert!(
+        n == nb && h == hb && w == wb,
+        "merge_channels: {:?} and {:?} differ outside the channel axis",
+        a.dims(),
+        b.dims()
+    );
+    assert!(
+        index.iter().all(|&i| i < ca + cb),
+        "channel index out of range for {ca} + {cb} channels"
+    );
+    let id = TypeId::of::<B>();
+    if id == TypeId::of::<Autodiff<Flex>>() {
+        return same(merge_autodiff::<Flex>(same(a), same(b), index));
+    }
+    if id == TypeId::of::<Autodiff<NdArray>>() {
+        return same(merge_autodiff::<NdArray>(same(a), same(b), index));
+    }
+    if id == TypeId::of::<Flex>() || id == TypeId::of::<NdArray>() {
+        return merge_forward(a, b, index);
+    }
+    burn_select(Tensor::cat(vec![a, b], 1), index)
+}
+
 fn select_forward<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
     let device = x.device();
     let [n, c, h, w] = x.dims();
     let plane = h * w;
+    if n * c * plane == 0 || index.is_empty() {
+        return Tensor::zeros([n, index.len(), h, w], &device);
+    }
     let xs = host(x);
     let mut out = Vec::with_capacity(n * index.len() * plane);
     for sample in xs.chunks_exact(c * plane) {
@@ -70,6 +117,123 @@ fn select_forward<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> 
         }
     }
     Tensor::from_data(TensorData::new(out, [n, index.len(), h, w]), &device)
+}
+
+fn merge_forward<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
+    let device = a.device();
+    let ([n, ca, h, w], cb) = (a.dims(), b.dims()[1]);
+    let plane = h * w;
+    if n * plane == 0 || index.is_empty() || ca == 0 || cb == 0 {
+        let shape = [n, index.len(), h, w];
+        if n * plane == 0 || index.is_empty() {
+            return Tensor::zeros(shape, &device);
+        }
+        // one side is empty: every index points into the other
+        return if ca == 0 {
+            select_forward(b, index)
+        } else {
+            select_forward(a, index)
+        };
+    }
+    let (xa, xb) = (host(a), host(b));
+    let mut out = Vec::with_capacity(n * index.len() * plane);
+    for (sa, sb) in xa.chunks_exact(ca * plane).zip(xb.chunks_exact(cb * plane)) {
+        for &i in index {
+            let src = if i < ca {
+                &sa[i * plane..]
+            } else {
+                &sb[(i - ca) * plane..]
+            };
+            out.extend_from_slice(&src[..plane]);
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [n, index.len(), h, w]), &device)
+}
+
+/// Adds gradient plane `j` of `grad` (`[N, index.len(), H*W]`) onto channel
+/// `index[j] - offset` of a zero `[N, channels, H*W]` buffer, for the indices in
+/// `offset..offset + channels`.
+fn scatter_planes(
+    grad: &[f32],
+    index: &[usize],
+    [n, channels, h, w]: [usize; 4],
+    offset: usize,
+) -> Vec<f32> {
+    let plane = h * w;
+    let mut gx = vec![0f32; n * channels * plane];
+    if gx.is_empty() || grad.is_empty() {
+        return gx;
+    }
+    for (gx, g) in gx
+        .chunks_exact_mut(channels * plane)
+        .zip(grad.chunks_exact(index.len() * plane))
+    {
+        for (&i, g) in index.iter().zip(g.chunks_exact(plane)) {
+            if (offset..offset + channels).contains(&i) {
+                for (a, b) in gx[(i - offset) * plane..][..plane].iter_mut().zip(g) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    gx
+}
+
+#[derive(Debug)]
+struct MergeBackward;
+
+impl<I: Backend> Backward<I, 2> for MergeBackward {
+    /// Dims of both inputs and the selected channels of their concatenation.
+    type State = ([usize; 4], [usize; 4], Arc<Vec<usize>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let grad: Tensor<I, 4> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        if node_a.is_none() && node_b.is_none() {
+            return;
+        }
+        let (da, db, index) = ops.state;
+        let device = grad.device();
+        let gs = host(grad);
+        for (node, dims, offset) in [(node_a, da, 0), (node_b, db, da[1])] {
+            if let Some(node) = node {
+                let gx = scatter_planes(&gs, &index, dims, offset);
+                let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
+                grads.register::<I>(node.id, gx.into_primitive().tensor());
+            }
+        }
+    }
+}
+
+fn merge_autodiff<I: Backend>(
+    a: Tensor<Autodiff<I>, 4>,
+    b: Tensor<Autodiff<I>, 4>,
+    index: &[usize],
+) -> Tensor<Autodiff<I>, 4> {
+    let (da, db) = (a.dims(), b.dims());
+    let a = a.into_primitive().tensor();
+    let b = b.into_primitive().tensor();
+    let inner =
+        |t: I::FloatTensorPrimitive| Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(t));
+    let out = match MergeBackward
+        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = merge_forward(inner(a.primitive), inner(b.primitive), index);
+            prep.finish(
+                (da, db, Arc::new(index.to_vec())),
+                y.into_primitive().tensor(),
+            )
+        }
+        OpsKind::UnTracked(prep) => {
+            let y = merge_forward(inner(a.primitive), inner(b.primitive), index);
+            prep.finish(y.into_primitive().tensor())
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 #[derive(Debug)]
@@ -85,21 +249,9 @@ impl<I: Backend> Backward<I, 1> for SelectBackward {
             Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
         let Some(node) = node else { return };
         let (dims, index) = ops.state;
-        let [_, c, h, w] = dims;
-        let plane = h * w;
         let device = grad.device();
         let gs = host(grad);
-        let mut gx = vec![0f32; dims.iter().product()];
-        for (gx, g) in gx
-            .chunks_exact_mut(c * plane)
-            .zip(gs.chunks_exact(index.len() * plane))
-        {
-            for (&i, g) in index.iter().zip(g.chunks_exact(plane)) {
-                for (a, b) in gx[i * plane..][..plane].iter_mut().zip(g) {
-                    *a += b;
-                }
-            }
-        }
+        let gx = scatter_planes(&gs, &index, dims, 0);
         let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
         grads.register::<I>(node.id, gx.into_primitive().tensor());
     }
@@ -172,6 +324,54 @@ mod tests {
         compare::<Autodiff<Flex>>([3, 8, 4, 4], &[7, 2]);
         compare::<Autodiff<Flex>>([1, 4, 2, 2], &[1, 1, 3, 1]);
         compare::<Autodiff<NdArray>>([2, 5, 1, 1], &[4, 3, 2, 1, 0]);
+    }
+
+    /// Values and gradients of both inputs of sum(merge(a, b) * r) against
+    /// `cat` followed by `select`.
+    fn compare_merge<B: burn::tensor::backend::AutodiffBackend>(
+        a: [usize; 4],
+        cb: usize,
+        index: &[usize],
+    ) {
+        let dev = Default::default();
+        let b_dims = [a[0], cb, a[2], a[3]];
+        let xa = Tensor::<B, 4>::random(a, Distribution::Normal(0.0, 1.0), &dev);
+        let xb = Tensor::<B, 4>::random(b_dims, Distribution::Normal(0.0, 1.0), &dev);
+        let out = [a[0], index.len(), a[2], a[3]];
+        let r = Tensor::<B, 4>::random(out, Distribution::Normal(0.0, 1.0), &dev);
+        let run = |fast: bool| {
+            let xa = xa.clone().detach().require_grad();
+            let xb = xb.clone().detach().require_grad();
+            let y = if fast {
+                merge_channels(xa.clone(), xb.clone(), index)
+            } else {
+                burn_select(Tensor::cat(vec![xa.clone(), xb.clone()], 1), index)
+            };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            (
+                y.inner(),
+                xa.grad(&grads).unwrap(),
+                xb.grad(&grads).unwrap(),
+            )
+        };
+        let (y1, ga1, gb1) = run(true);
+        let (y0, ga0, gb0) = run(false);
+        assert_eq!(y1.dims(), out);
+        let tol = Tolerance::<f32>::absolute(1e-6);
+        y1.into_data().assert_approx_eq(&y0.into_data(), tol);
+        ga1.into_data().assert_approx_eq(&ga0.into_data(), tol);
+        gb1.into_data().assert_approx_eq(&gb0.into_data(), tol);
+    }
+
+    #[test]
+    fn merge_matches_cat_then_select_and_its_gradients() {
+        // the split selector's shuffle of [ops (2) ; bypass (6)] with 4 groups
+        compare_merge::<Autodiff<Flex>>([2, 2, 4, 4], 6, &[0, 2, 4, 6, 1, 3, 5, 7]);
+        // stride-1 split without a bypass slice: b is the whole input, its first
+        // channels unused (they get a zero gradient)
+        compare_merge::<Autodiff<Flex>>([3, 2, 3, 5], 8, &[0, 4, 6, 8, 1, 5, 7, 9]);
+        // repeats and a subset
+        compare_merge::<Autodiff<NdArray>>([1, 3, 2, 2], 2, &[4, 4, 0]);
     }
 
     #[test]

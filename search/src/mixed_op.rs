@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
-use splitnas_models::fastselect::select_channels;
+use splitnas_models::fastselect::{merge_channels, select_channels};
 use splitnas_models::ops::Op;
 use splitnas_models::Primitive;
 
@@ -87,12 +87,17 @@ pub fn channel_shuffle<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 
         return x;
     }
     let c = x.dims()[1];
-    let per_group = c / groups;
-    let order: Vec<usize> = (0..c)
-        .map(|o| (o % groups) * per_group + o / groups)
-        .collect();
     // One plane copy per channel on the CPU backends (see `models::fastselect`).
-    select_channels(x, &order)
+    select_channels(x, &shuffle_order(c, groups))
+}
+
+/// Input channel of every output channel of [`channel_shuffle`]: `order[j * groups + g]
+/// = g * C/groups + j`.
+pub fn shuffle_order(channels: usize, groups: usize) -> Vec<usize> {
+    let per_group = channels / groups.max(1);
+    (0..channels)
+        .map(|o| (o % groups.max(1)) * per_group + o / groups.max(1))
+        .collect()
 }
 
 /// Reduction ratio of [`ChannelAttention`]'s hidden layer (squeeze-and-excitation style;
@@ -374,11 +379,21 @@ impl<B: Backend> MixedOp<B> {
             }
             // Split (and attention without its module, which `new` never builds).
             _ => {
-                let selected = contiguous(x.clone().slice([0..n, 0..ck, 0..h, 0..w]));
-                let bypass = x.slice([0..n, ck..c, 0..h, 0..w]);
+                let selected = select_channels(x.clone(), &(0..ck).collect::<Vec<_>>());
                 let summed = contiguous(branch.op_sum(selected, weights));
-                let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
-                channel_shuffle(merged, k)
+                // shuffle(cat([summed, bypass])) in one pass (`merge_channels`)
+                let order = shuffle_order(c, k);
+                if self.stride == 1 {
+                    // concatenated channel m >= ck is input channel m: index ck + m of [summed; x]
+                    let index: Vec<usize> = order
+                        .iter()
+                        .map(|&m| if m < ck { m } else { ck + m })
+                        .collect();
+                    merge_channels(summed, x, &index)
+                } else {
+                    let bypass = self.bypass(x.slice([0..n, ck..c, 0..h, 0..w]));
+                    merge_channels(summed, bypass, &order)
+                }
             }
         }
     }
@@ -406,15 +421,23 @@ impl<B: Backend> MixedOp<B> {
             let s = scores.select(1, index(&perm[..ck])).reshape([n, ck, 1, 1]);
             selected = selected.mul(s);
         }
-        let bypass = select_channels(x, &perm[ck..]);
         let summed = contiguous(branch.op_sum(selected, weights));
-        let merged = Tensor::cat(vec![summed, self.bypass(bypass)], 1);
-        // merged channel j came from input channel perm[j]: put it back there.
+        // Concatenated [summed; bypass] channel j came from input channel perm[j]: put
+        // it back there (`merge_channels` does the concatenation and the reordering).
         let mut inverse = vec![0usize; c];
         for (j, &p) in perm.iter().enumerate() {
             inverse[p] = j;
         }
-        select_channels(merged, &inverse)
+        if self.stride == 1 {
+            // a bypassed channel p is input channel p unchanged: index ck + p of [summed; x]
+            let index: Vec<usize> = (0..c)
+                .map(|p| if inverse[p] < ck { inverse[p] } else { ck + p })
+                .collect();
+            merge_channels(summed, x, &index)
+        } else {
+            let bypass = self.bypass(select_channels(x, &perm[ck..]));
+            merge_channels(summed, bypass, &inverse)
+        }
     }
 
     fn bypass(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -568,6 +591,56 @@ mod tests {
             })
             .count();
         assert_eq!(same, 6);
+    }
+
+    /// The split selector's fused select/merge (`fastselect`) against the written-out
+    /// definition with Burn's own slice, `cat` and reshape/swap shuffle: values and
+    /// input gradients, both strides.
+    #[test]
+    fn split_path_matches_the_written_out_definition() {
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let mut rng = StdRng::seed_from_u64(5);
+        let w = burn::tensor::activation::softmax(
+            Tensor::<A, 1>::random([8], Distribution::Normal(0.0, 1.0), &device),
+            0,
+        );
+        let x = Tensor::<A, 4>::random([2, 8, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<A, 4>::random([2, 8, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+        for stride in [1, 2] {
+            let op = MixedOp::<A>::new(8, stride, 4, SelectorKind::Split, &device);
+            let mut run = |fast: bool| {
+                let x = x.clone().detach().require_grad();
+                let y = if fast {
+                    op.forward(x.clone(), w.clone(), &mut rng)
+                } else {
+                    let summed =
+                        op.branches[0].op_sum(x.clone().slice([0..2, 0..2, 0..6, 0..6]), w.clone());
+                    let bypass = op.bypass(x.clone().slice([0..2, 2..8, 0..6, 0..6]));
+                    let merged = Tensor::cat(vec![summed, bypass], 1);
+                    let [n, c, h, wd] = merged.dims();
+                    merged
+                        .reshape([n, 4, c / 4, h, wd])
+                        .swap_dims(1, 2)
+                        .reshape([n, c, h, wd])
+                };
+                let side = 6 / stride;
+                let r = r
+                    .clone()
+                    .slice([0..2, 0..8, 0..side.min(3), 0..side.min(3)]);
+                let y_part = y
+                    .clone()
+                    .slice([0..2, 0..8, 0..side.min(3), 0..side.min(3)]);
+                let grads = (y_part * r).sum().backward();
+                (y.inner(), x.grad(&grads).unwrap())
+            };
+            let (y1, g1) = run(true);
+            let (y0, g0) = run(false);
+            assert_eq!(y1.dims(), [2, 8, 6 / stride, 6 / stride]);
+            let tol = burn::tensor::Tolerance::<f32>::absolute(1e-5);
+            y1.into_data().assert_approx_eq(&y0.into_data(), tol);
+            g1.into_data().assert_approx_eq(&g0.into_data(), tol);
+        }
     }
 
     /// Learned proportions and the SRU: every selector, both strides, output shape kept;
