@@ -1,5 +1,6 @@
 //! A DARTS cell of the evaluation network, built from a [`CellGenotype`].
 
+use crate::fastselect::contiguous;
 use crate::genotype::CellGenotype;
 use crate::ops::{FactorizedReduce, Op, ReluConvBn};
 use burn::module::Module;
@@ -191,7 +192,15 @@ impl<B: Backend> Cell<B> {
                 states.push(s);
             }
         }
-        let out = Tensor::cat(self.concat.iter().map(|&i| states[i].clone()).collect(), 1);
+        // `contiguous`: the gradients `cat` hands back are strided views; copy each once
+        // instead of every later element-wise step walking it element by element.
+        let out = Tensor::cat(
+            self.concat
+                .iter()
+                .map(|&i| contiguous(states[i].clone()))
+                .collect(),
+            1,
+        );
         match &self.shortcut {
             Some(sc) => out.add(sc.forward(s1)),
             None => out,

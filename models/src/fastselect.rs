@@ -102,6 +102,18 @@ pub fn merge_channels<B: Backend>(
     burn_select(Tensor::cat(vec![a, b], 1), index)
 }
 
+/// The same values in a freshly laid out buffer, and the same for the gradient on
+/// the way back (a reshape in both directions). A channel slice (or the gradient
+/// of one, out of `cat`) is a
+/// strided view; flex runs element-wise operations on views through a per-element
+/// index iterator, several times slower than on contiguous data, and the 7
+/// operations of an edge would each pay that. Reshaping to 1-D and back makes
+/// flex (and ndarray) copy the view once with a tiled copy.
+pub fn contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dims = x.dims();
+    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
+}
+
 fn select_forward<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
     let device = x.device();
     let [n, c, h, w] = x.dims();

@@ -471,16 +471,7 @@ pub fn attention_order(mean_scores: &[f32], ck: usize) -> Vec<usize> {
     top
 }
 
-/// The same values in a freshly laid out buffer, and the same for the gradient on
-/// the way back. A channel slice (or the gradient of one, out of `cat`) is a
-/// strided view; flex runs element-wise operations on views through a per-element
-/// index iterator, several times slower than on contiguous data, and the 7
-/// operations of an edge would each pay that. Reshaping to 1-D and back makes
-/// flex (and ndarray) copy the view once with a tiled copy.
-pub fn contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let dims = x.dims();
-    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
-}
+pub use splitnas_models::fastselect::contiguous;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 //! gradients of one of them at a time (`GradientsParams::from_grads(grads, &net.arch)`),
 //! so each step can only change its own half.
 
-use crate::mixed_op::{MixedOp, SelectorKind, PROPORTION_KS};
+use crate::mixed_op::{contiguous, MixedOp, SelectorKind, PROPORTION_KS};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
@@ -341,7 +341,9 @@ impl<B: Backend> SearchCell<B> {
                 states.push(s);
             }
         }
-        let out = Tensor::cat(states.split_off(2), 1);
+        // `contiguous`: the gradients `cat` hands back are strided views; copy each once
+        // instead of every later element-wise step walking it element by element.
+        let out = Tensor::cat(states.split_off(2).into_iter().map(contiguous).collect(), 1);
         match &self.shortcut {
             Some(sc) => out.add(sc.forward(s1)),
             None => out,
