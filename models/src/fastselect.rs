@@ -53,6 +53,146 @@ pub fn select_channels<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B
     burn_select(x, index)
 }
 
+/// Whether [`select_channels`], [`merge_channels`] and [`subsample`] run on their
+/// host kernels for backend `B` (Flex, NdArray and their Autodiff wrappers).
+pub fn on_host<B: Backend>() -> bool {
+    let b = TypeId::of::<B>();
+    [
+        TypeId::of::<Autodiff<Flex>>(),
+        TypeId::of::<Autodiff<NdArray>>(),
+        TypeId::of::<Flex>(),
+        TypeId::of::<NdArray>(),
+    ]
+    .contains(&b)
+}
+
+/// Every second row and column from `offset` (0 or 1): `y[n, c, i, j] = x[n, c,
+/// offset + 2i, offset + 2j]`, as `x[:, :, offset::2, offset::2]` in PyTorch. A 1x1
+/// convolution with stride 2 is a 1x1 convolution with stride 1 on `subsample(x, 0)`;
+/// `FactorizedReduce` uses that, because flex runs strided 1x1 convolutions (and the
+/// `[1:, 1:]` shifted view) through its general im2col path and per-element copies.
+///
+/// # Shapes
+/// `[N, C, H, W] -> [N, C, ceil((H - offset) / 2), ceil((W - offset) / 2)]`
+pub fn subsample<B: Backend>(x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
+    let b = TypeId::of::<B>();
+    if b == TypeId::of::<Autodiff<Flex>>() {
+        return same(subsample_autodiff::<Flex>(same(x), offset));
+    }
+    if b == TypeId::of::<Autodiff<NdArray>>() {
+        return same(subsample_autodiff::<NdArray>(same(x), offset));
+    }
+    if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
+        return subsample_forward(x, offset);
+    }
+    let [n, c, h, w] = x.dims();
+    let (ho, wo) = (
+        h.saturating_sub(offset).div_ceil(2),
+        w.saturating_sub(offset).div_ceil(2),
+    );
+    if ho == 0 || wo == 0 {
+        return Tensor::zeros([n, c, ho, wo], &x.device());
+    }
+    // rows offset, offset + 2, ...: view as pairs of rows and keep the first of each
+    let x = x.slice([
+        0..n,
+        0..c,
+        offset..offset + 2 * ho - 1,
+        offset..offset + 2 * wo - 1,
+    ]);
+    let x = x.pad((0, 1, 0, 1), burn::tensor::ops::PadMode::Constant(0.0));
+    x.reshape([n, c, ho, 2, wo, 2])
+        .slice([0..n, 0..c, 0..ho, 0..1, 0..wo, 0..1])
+        .reshape([n, c, ho, wo])
+}
+
+fn subsample_dims([n, c, h, w]: [usize; 4], offset: usize) -> [usize; 4] {
+    [
+        n,
+        c,
+        h.saturating_sub(offset).div_ceil(2),
+        w.saturating_sub(offset).div_ceil(2),
+    ]
+}
+
+fn subsample_forward<B: Backend>(x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
+    let device = x.device();
+    let dims = x.dims();
+    let out_dims = subsample_dims(dims, offset);
+    let [_, _, h, w] = dims;
+    let [_, _, ho, wo] = out_dims;
+    if out_dims.iter().product::<usize>() == 0 {
+        return Tensor::zeros(out_dims, &device);
+    }
+    let xs = host(x);
+    let mut out = Vec::with_capacity(out_dims.iter().product());
+    for plane in xs.chunks_exact(h * w) {
+        for i in 0..ho {
+            let row = &plane[(offset + 2 * i) * w..][..w];
+            out.extend((0..wo).map(|j| row[offset + 2 * j]));
+        }
+    }
+    Tensor::from_data(TensorData::new(out, out_dims), &device)
+}
+
+#[derive(Debug)]
+struct SubsampleBackward;
+
+impl<I: Backend> Backward<I, 1> for SubsampleBackward {
+    /// Input dims and the offset.
+    type State = ([usize; 4], usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad: Tensor<I, 4> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let Some(node) = node else { return };
+        let (dims, offset) = ops.state;
+        let [_, _, h, w] = dims;
+        let [_, _, ho, wo] = subsample_dims(dims, offset);
+        let device = grad.device();
+        let mut gx = vec![0f32; dims.iter().product()];
+        if ho * wo > 0 {
+            let gs = host(grad);
+            for (plane, g) in gx.chunks_exact_mut(h * w).zip(gs.chunks_exact(ho * wo)) {
+                for (i, g) in g.chunks_exact(wo).enumerate() {
+                    let row = &mut plane[(offset + 2 * i) * w..][..w];
+                    for (j, &v) in g.iter().enumerate() {
+                        row[offset + 2 * j] = v;
+                    }
+                }
+            }
+        }
+        let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
+        grads.register::<I>(node.id, gx.into_primitive().tensor());
+    }
+}
+
+fn subsample_autodiff<I: Backend>(
+    x: Tensor<Autodiff<I>, 4>,
+    offset: usize,
+) -> Tensor<Autodiff<I>, 4> {
+    let dims = x.dims();
+    let x = x.into_primitive().tensor();
+    let inner =
+        |t: I::FloatTensorPrimitive| Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(t));
+    let out = match SubsampleBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = subsample_forward(inner(x.primitive), offset);
+            prep.finish((dims, offset), y.into_primitive().tensor())
+        }
+        OpsKind::UnTracked(prep) => {
+            let y = subsample_forward(inner(x.primitive), offset);
+            prep.finish(y.into_primitive().tensor())
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 /// `Tensor::select` on dimension 1 with host indices.
 fn burn_select<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
     let data: Vec<i64> = index.iter().map(|&i| i as i64).collect();
@@ -384,6 +524,64 @@ mod tests {
         compare_merge::<Autodiff<Flex>>([3, 2, 3, 5], 8, &[0, 4, 6, 8, 1, 5, 7, 9]);
         // repeats and a subset
         compare_merge::<Autodiff<NdArray>>([1, 3, 2, 2], 2, &[4, 4, 0]);
+    }
+
+    #[test]
+    fn subsample_matches_the_generic_path_and_its_gradient() {
+        type A = Autodiff<Flex>;
+        type G = Autodiff<burn::backend::NdArray>;
+        for dims in [[2, 3, 6, 6], [1, 2, 7, 5], [1, 1, 1, 1], [2, 2, 2, 3]] {
+            for offset in [0, 1] {
+                let dev = Default::default();
+                let x = Tensor::<A, 4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
+                let out = subsample_dims(dims, offset);
+                let r = Tensor::<A, 4>::random(out, Distribution::Normal(0.0, 1.0), &dev);
+                let x = x.require_grad();
+                let y = subsample(x.clone(), offset);
+                assert_eq!(y.dims(), out, "{dims:?} offset {offset}");
+                let gx = x.grad(&(y.clone() * r.clone()).sum().backward()).unwrap();
+                // independent reference: index arithmetic on the host values
+                let xs: Vec<f32> = x.clone().into_data().to_vec().unwrap();
+                let rs: Vec<f32> = r.clone().into_data().to_vec().unwrap();
+                let [_, _, h, w] = dims;
+                let [_, _, ho, wo] = out;
+                let mut want_y = Vec::new();
+                let mut want_g = vec![0f32; xs.len()];
+                for p in 0..dims[0] * dims[1] {
+                    for i in 0..ho {
+                        for j in 0..wo {
+                            let at = p * h * w + (offset + 2 * i) * w + offset + 2 * j;
+                            want_y.push(xs[at]);
+                            want_g[at] = rs[p * ho * wo + i * wo + j];
+                        }
+                    }
+                }
+                assert_eq!(y.into_data().to_vec::<f32>().unwrap(), want_y);
+                assert_eq!(gx.into_data().to_vec::<f32>().unwrap(), want_g);
+                // the generic (non-host) path gives the same values
+                if out.iter().product::<usize>() > 0 {
+                    let xg = Tensor::<G, 4>::from_data(
+                        TensorData::new(xs.clone(), dims),
+                        &Default::default(),
+                    );
+                    let n = dims[0];
+                    let c = dims[1];
+                    let generic = {
+                        let x = xg.slice([
+                            0..n,
+                            0..c,
+                            offset..offset + 2 * ho - 1,
+                            offset..offset + 2 * wo - 1,
+                        ]);
+                        let x = x.pad((0, 1, 0, 1), burn::tensor::ops::PadMode::Constant(0.0));
+                        x.reshape([n, c, ho, 2, wo, 2])
+                            .slice([0..n, 0..c, 0..ho, 0..1, 0..wo, 0..1])
+                            .reshape([n, c, ho, wo])
+                    };
+                    assert_eq!(generic.into_data().to_vec::<f32>().unwrap(), want_y);
+                }
+            }
+        }
     }
 
     #[test]

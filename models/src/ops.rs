@@ -4,13 +4,15 @@
 //! (evaluation network) or without (search supernet).
 
 use crate::bn::{BatchNorm2d, BatchNorm2dConfig};
-use crate::fastconv::conv_forward;
+use crate::fastconv::{conv2d, conv_forward};
 use crate::fastpool;
+use crate::fastselect::{self, contiguous, subsample};
 use crate::genotype::Primitive;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::relu;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{backend::Backend, Tensor};
 
 /// A bias-free 2-D convolution.
@@ -98,12 +100,26 @@ impl<B: Backend> FactorizedReduce<B> {
     /// `[N, c_in, H, W] -> [N, c_out, H/2, W/2]` (H and W even)
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = relu(x);
-        let [_, _, h, w] = x.dims();
-        let [n, c, _, _] = x.dims();
-        let shifted = x.clone().slice([0..n, 0..c, 1..h, 1..w]);
-        let a = conv_forward(&self.conv1, x);
-        let b = conv_forward(&self.conv2, shifted);
-        self.bn.forward(Tensor::cat(vec![a, b], 1))
+        let [n, c, h, w] = x.dims();
+        let (a, b) = if fastselect::on_host::<B>() {
+            // 1x1 stride 2 = 1x1 stride 1 on every second pixel (see `fastselect::subsample`)
+            let unit = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+            let a = conv2d(
+                subsample(x.clone(), 0),
+                self.conv1.weight.val(),
+                unit.clone(),
+            );
+            let b = conv2d(subsample(x, 1), self.conv2.weight.val(), unit);
+            (a, b)
+        } else {
+            let shifted = x.clone().slice([0..n, 0..c, 1..h, 1..w]);
+            (
+                conv_forward(&self.conv1, x),
+                conv_forward(&self.conv2, shifted),
+            )
+        };
+        self.bn
+            .forward(Tensor::cat(vec![contiguous(a), contiguous(b)], 1))
     }
 }
 
