@@ -160,12 +160,28 @@ impl Geometry {
                 let xrow = &x[r * w..][..w];
                 for dx in 0..win.k {
                     let (lo, hi) = win.valid(dx, w, wo);
-                    for ow in lo..hi {
-                        let col = ow * win.s + dx - win.p;
-                        let v = xrow[col];
-                        if v > orow[ow] {
-                            orow[ow] = v;
-                            arow[ow] = (r * w + col) as u32;
+                    if lo >= hi {
+                        continue;
+                    }
+                    let start = lo * win.s + dx - win.p;
+                    if win.s == 1 {
+                        // branch-free select so the loop vectorizes (stride-1 rows are
+                        // contiguous; the flat index grows by one per output)
+                        let first = (r * w + start) as u32;
+                        let outs = orow[lo..hi].iter_mut().zip(arow[lo..hi].iter_mut());
+                        for ((o, a), (&v, i)) in outs.zip(xrow[start..].iter().zip(first..)) {
+                            let gt = v > *o;
+                            *o = if gt { v } else { *o };
+                            *a = if gt { i } else { *a };
+                        }
+                    } else {
+                        for ow in lo..hi {
+                            let col = ow * win.s + dx - win.p;
+                            let v = xrow[col];
+                            if v > orow[ow] {
+                                orow[ow] = v;
+                                arow[ow] = (r * w + col) as u32;
+                            }
                         }
                     }
                 }
