@@ -131,7 +131,8 @@ fn sweep(dst: &mut [f32], src: &[f32], first: usize, step: usize, f: impl Fn(f32
     }
 }
 
-fn host_vec<B: Backend>(t: Tensor<B, 4>) -> Vec<f32> {
+/// The floats of `t` (no copy for a flex tensor nothing else holds).
+pub(crate) fn host_vec<B: Backend>(t: Tensor<B, 4>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec()

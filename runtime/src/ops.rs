@@ -3,7 +3,8 @@
 //! as `Shape -> Gather -> Unsqueeze -> Concat -> Reshape` are folded here, once).
 
 use crate::error::RuntimeError;
-use crate::plan::{Operand, PadKind, Planned, Step};
+use crate::hostconv::Geom;
+use crate::plan::{HostKind, Operand, PadKind, Planned, Step};
 use crate::value::{from_proto, physical, show, Const, Dim, SymInt};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
@@ -338,10 +339,7 @@ fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
             if bd != [m] {
                 return Err(n.err(format!("bias of shape {bd:?}, [{m}] needed")));
             }
-            Some(Tensor::<B, 1>::from_data(
-                TensorData::new(bv, [m]),
-                cx.device,
-            ))
+            Some(bv)
         }
     };
     let oh = window(n, h, pads[0] + pads[2], kh, strides[0], dil[0], false)?;
@@ -352,12 +350,49 @@ fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
     } else {
         ([0, 0], Some([pads[0], pads[2], pads[1], pads[3]]))
     };
-    let step = Step::Conv {
-        x,
-        w: cx.tensor4(&wd, wv)?,
-        b: bias,
-        opts: ConvOptions::new([strides[0], strides[1]], padding, [dil[0], dil[1]], group),
-        pre_pad,
+    let depthwise = group == c && m == c && cg == 1;
+    let pointwise = [kh, kw] == [1, 1] && pads == [0; 4] && group == 1;
+    let step = if crate::host::is_host::<B>() && (depthwise || pointwise) {
+        let b = bias;
+        let kind = if pointwise {
+            HostKind::Pointwise {
+                w: wv,
+                b,
+                m,
+                stride: [strides[0], strides[1]],
+            }
+        } else {
+            let g = Geom {
+                c,
+                h,
+                w,
+                kh,
+                kw,
+                sh: strides[0],
+                sw: strides[1],
+                dh: dil[0],
+                dw: dil[1],
+                pt: pads[0],
+                pl: pads[1],
+                oh,
+                ow,
+            };
+            HostKind::Depthwise { w: wv, b, g }
+        };
+        Step::HostConv {
+            x,
+            kind,
+            relu_in: false,
+        }
+    } else {
+        Step::Conv {
+            x,
+            w: cx.tensor4(&wd, wv)?,
+            b: bias.map(|b| Tensor::<B, 1>::from_data(TensorData::new(b, [m]), cx.device)),
+            opts: ConvOptions::new([strides[0], strides[1]], padding, [dil[0], dil[1]], group),
+            pre_pad,
+            relu_in: false,
+        }
     };
     cx.define(
         n,
