@@ -131,6 +131,25 @@ fn sweep(dst: &mut [f32], src: &[f32], first: usize, step: usize, f: impl Fn(f32
     }
 }
 
+/// Calls `f` with the floats of `t` in NCHW order: read in place from a contiguous
+/// flex tensor (shared or not), else from a copy.
+pub(crate) fn with_floats<B: Backend, R>(t: Tensor<B, 4>, f: impl FnOnce(&[f32]) -> R) -> R {
+    let numel = t.shape().num_elements();
+    let prim = t.into_primitive().tensor();
+    if let Some(ft) = (&prim as &dyn std::any::Any).downcast_ref::<burn_flex::FlexTensor>() {
+        if ft.dtype() == burn::tensor::DType::F32
+            && ft.is_contiguous()
+            && ft.layout().start_offset() == 0
+        {
+            if let Some(xs) = ft.storage::<f32>().get(..numel) {
+                return f(xs);
+            }
+        }
+    }
+    let t = Tensor::<B, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(prim));
+    f(&host_vec(t))
+}
+
 /// The floats of `t` (no copy for a flex tensor nothing else holds).
 pub(crate) fn host_vec<B: Backend>(t: Tensor<B, 4>) -> Vec<f32> {
     t.into_data()
@@ -150,7 +169,20 @@ pub(crate) fn pool<B: Backend>(
     let [n, c, h, w] = x.dims();
     let out_len = |len: usize, a: Axis| (len + 2 * a.p - a.k) / a.s + 1;
     let (ho, wo) = (out_len(h, rows), out_len(w, cols));
-    let xs = host_vec(x);
+    with_floats(x, |xs| {
+        pool_floats(xs, [n, c, h, w], [ho, wo], rows, cols, reduce, &device)
+    })
+}
+
+fn pool_floats<B: Backend>(
+    xs: &[f32],
+    [n, c, h, w]: [usize; 4],
+    [ho, wo]: [usize; 2],
+    rows: Axis,
+    cols: Axis,
+    reduce: Reduce,
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let job = Job {
         h,
         w,
@@ -187,7 +219,7 @@ pub(crate) fn pool<B: Backend>(
             }
         });
     }
-    Tensor::from_data(TensorData::new(out, [n, c, ho, wo]), &device)
+    Tensor::from_data(TensorData::new(out, [n, c, ho, wo]), device)
 }
 
 #[cfg(test)]

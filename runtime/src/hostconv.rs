@@ -54,11 +54,6 @@ pub(crate) fn subsample(x: &[f32], planes: usize, [h, w]: [usize; 2], s: [usize;
     out
 }
 
-/// `x = max(x, 0)` in place.
-pub(crate) fn relu_in_place(x: &mut [f32]) {
-    x.iter_mut().for_each(|v| *v = v.max(0.0));
-}
-
 #[inline(always)]
 fn madd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
     if FMA {

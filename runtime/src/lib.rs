@@ -52,38 +52,45 @@ pub struct Model<B: Backend> {
     metadata: HashMap<String, String>,
     opset: i64,
     device: B::Device,
-    /// Two one-thread rayon pools small batches run in on the CPU backends (see
-    /// [`SMALL_BATCH`]); `None` on GPU backends.
+    /// One-thread rayon pools, one per worker, on the CPU backends (see
+    /// [`SPREAD_BATCH`]); `None` on GPU backends.
     pools: Option<Pools>,
     graph: plan::Graph,
 }
 
-/// Batches below this size run on the CPU backends with two workers taking whole ops
-/// (independent ops side by side, each op on one thread); larger batches run op after
-/// op, each op spread over all cores. On one 32x32 image a DARTS op is 0.3-1.3 M
-/// multiply-adds, and waking a second rayon worker inside every op cost more than it
-/// saved (DARTS_V2 C=36 L=20, 2-core x86: 22.8 ms with rayon inside the ops, 20.2-20.9
-/// ms on one thread).
-pub const SMALL_BATCH: usize = 2;
+/// Most workers the CPU backends run a model with.
+pub const MAX_WORKERS: usize = 4;
 
-/// Two rayon pools of one thread each.
-struct Pools([rayon::ThreadPool; 2]);
+/// On the CPU backends a model runs with one worker per core (at most
+/// [`MAX_WORKERS`]), each taking whole ops on one thread (independent ops side by side);
+/// with more cores than that, batches of this size and larger run op after op instead,
+/// each op spread over all cores. On one 32x32 image a DARTS op is 0.3-1.3 M
+/// multiply-adds, too little to split: on a 2-core x86 (DARTS_V2 C=36 L=20) rayon
+/// inside each op took 22.8 ms per image, one thread 20.2-20.9 ms, two workers 13.7 ms;
+/// at batch 32 the workers took 514 ms, ops spread over both cores 593-608 ms.
+pub const SPREAD_BATCH: usize = 8;
+
+/// One-thread rayon pools, one per worker.
+struct Pools(Vec<rayon::ThreadPool>);
 
 impl std::fmt::Debug for Pools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("two one-thread pools")
+        write!(f, "{} one-thread pools", self.0.len())
     }
 }
 
 fn one_thread_pools() -> Option<Pools> {
-    let pool = || {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "splitnas-runtime".into())
-            .build()
-            .ok()
-    };
-    Some(Pools([pool()?, pool()?]))
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let pools = (0..cores.min(MAX_WORKERS))
+        .map(|_| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "splitnas-runtime".into())
+                .build()
+                .ok()
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Pools(pools))
 }
 
 fn opset_of(model: &ModelProto) -> Result<i64, RuntimeError> {
@@ -370,15 +377,20 @@ impl<B: Backend> Model<B> {
         }
         let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();
         let y = match &self.pools {
-            Some(Pools(pools)) if n < SMALL_BATCH && !profile => plan::execute_parallel(
-                &self.plan,
-                &self.graph,
-                self.values,
-                input,
-                self.output,
-                n,
-                pools,
-            ),
+            Some(Pools(pools))
+                if !profile
+                    && (n < SPREAD_BATCH || rayon::current_num_threads() <= MAX_WORKERS) =>
+            {
+                plan::execute_parallel(
+                    &self.plan,
+                    &self.graph,
+                    self.values,
+                    input,
+                    self.output,
+                    n,
+                    pools,
+                )
+            }
             _ => plan::execute(&self.plan, self.values, input, self.output, n),
         };
         Ok(y.reshape([n, self.classes_count]))

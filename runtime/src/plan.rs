@@ -219,10 +219,9 @@ pub(crate) fn fuse_relus<B: Backend>(plan: &mut Vec<Planned<B>>, output: usize) 
 fn host_conv<B: Backend>(x: Tensor<B, 4>, kind: &HostKind, relu_in: bool) -> Tensor<B, 4> {
     let device = x.device();
     let [n, c, h, w] = x.dims();
-    let mut xs = host::host_vec(x);
-    let (y, dims) = match kind {
+    let (y, dims) = host::with_floats(x, |xs| match kind {
         HostKind::Depthwise { w: wt, b, g } => (
-            hostconv::depthwise(&xs, n, wt, b.as_deref(), g, relu_in),
+            hostconv::depthwise(xs, n, wt, b.as_deref(), g, relu_in),
             [n, c, g.oh, g.ow],
         ),
         HostKind::Pointwise {
@@ -231,19 +230,22 @@ fn host_conv<B: Backend>(x: Tensor<B, 4>, kind: &HostKind, relu_in: bool) -> Ten
             m,
             stride,
         } => {
-            if relu_in {
-                hostconv::relu_in_place(&mut xs);
-            }
             let (oh, ow) = ((h - 1) / stride[0] + 1, (w - 1) / stride[1] + 1);
+            let mut owned = None;
             if *stride != [1, 1] {
-                xs = hostconv::subsample(&xs, n * c, [h, w], *stride);
+                owned = Some(hostconv::subsample(xs, n * c, [h, w], *stride));
             }
+            if relu_in {
+                let src = owned.as_deref().unwrap_or(xs);
+                owned = Some(src.iter().map(|v| v.max(0.0)).collect());
+            }
+            let input = owned.as_deref().unwrap_or(xs);
             (
-                hostconv::pointwise(&xs, n, oh * ow, wt, *m, b.as_deref()),
+                hostconv::pointwise(input, n, oh * ow, wt, *m, b.as_deref()),
                 [n, *m, oh, ow],
             )
         }
-    };
+    });
     Tensor::from_data(TensorData::new(y, dims), &device)
 }
 
@@ -479,9 +481,8 @@ impl Drop for PanicFlag<'_> {
     }
 }
 
-/// Runs the plan like [`execute`] with two workers, each in its own one-thread rayon
-/// pool (so Burn's kernels stay on that worker): both claim steps in depth order and
-/// wait (spinning) for the steps that produce their inputs. Independent ops of a cell
+/// Runs the plan like [`execute`] with one worker per pool, each pool of one thread (so
+/// Burn's kernels stay on that worker): workers claim steps in depth order and wait (spinning) for the steps that produce their inputs. Independent ops of a cell
 /// (the edges into a node, the nodes reading only the cell inputs) run side by side,
 /// which one small image cannot do inside a single op without paying more for the
 /// hand-off than the op costs. A value's last read moves it out of the table.
@@ -492,7 +493,7 @@ pub(crate) fn execute_parallel<B: Backend>(
     input: Tensor<B, 4>,
     output: usize,
     n: usize,
-    pools: &[rayon::ThreadPool; 2],
+    pools: &[rayon::ThreadPool],
 ) -> Tensor<B, 4> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -539,10 +540,17 @@ pub(crate) fn execute_parallel<B: Backend>(
         }
     };
     std::thread::scope(|scope| {
-        let other = scope.spawn(|| pools[1].install(worker));
-        pools[0].install(worker);
-        if let Err(e) = other.join() {
-            std::panic::resume_unwind(e);
+        let others: Vec<_> = pools[1..]
+            .iter()
+            .map(|pool| scope.spawn(|| pool.install(worker)))
+            .collect();
+        if let Some(pool) = pools.first() {
+            pool.install(worker);
+        }
+        for other in others {
+            if let Err(e) = other.join() {
+                std::panic::resume_unwind(e);
+            }
         }
     });
     let y = slots[output]
