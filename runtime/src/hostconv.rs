@@ -67,9 +67,8 @@ fn madd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
 const LANES: usize = 8;
 
 /// One depthwise plane from its zero-padded input `xp` (`[ph, pw]`, ReLU already
-/// applied): `out = b + conv(xp, w)`. Blocks of [`LANES`] outputs accumulate in
-/// registers over all taps; the last partial block goes element by element. `S1`:
-/// column stride 1 (contiguous loads).
+/// applied) when the output does not tile into [`dw_block`]s of 32: blocks of one row x
+/// [`LANES`] columns, the last partial block element by element. `S1`: column stride 1.
 #[inline(always)]
 fn dw_plane<const FMA: bool, const S1: bool>(
     xp: &[f32],
@@ -81,43 +80,25 @@ fn dw_plane<const FMA: bool, const S1: bool>(
 ) {
     let full = g.ow / LANES * LANES;
     let sw = if S1 { 1 } else { g.sw };
-    for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
-        let rows = |i: usize| &xp[(oh * g.sh + i * g.dh) * pw..][..pw];
-        for (blk, dst) in orow[..full].chunks_exact_mut(LANES).enumerate() {
-            let o0 = blk * LANES * sw;
-            let mut acc = [b; LANES];
-            for i in 0..g.kh {
-                let row = rows(i);
-                let wrow = &wt[i * g.kw..][..g.kw];
-                for (j, &wv) in wrow.iter().enumerate() {
-                    let base = o0 + j * g.dw;
-                    if S1 {
-                        let src: [f32; LANES] =
-                            row[base..base + LANES].try_into().expect("LANES floats");
-                        acc = std::array::from_fn(|l| madd::<FMA>(acc[l], src[l], wv));
-                    } else {
-                        let src: [f32; LANES] = std::array::from_fn(|l| row[base + l * sw]);
-                        acc = std::array::from_fn(|l| madd::<FMA>(acc[l], src[l], wv));
-                    }
-                }
-            }
-            dst.copy_from_slice(&acc);
+    for oh in 0..g.oh {
+        for ow0 in (0..full).step_by(LANES) {
+            dw_block::<FMA, S1, 1, LANES>(xp, pw, out, wt, b, g, oh, ow0);
         }
-        for (ow, o) in orow.iter_mut().enumerate().skip(full) {
+        for ow in full..g.ow {
             let mut a = b;
             for i in 0..g.kh {
-                let row = rows(i);
+                let row = &xp[(oh * g.sh + i * g.dh) * pw..][..pw];
                 for j in 0..g.kw {
                     a = madd::<FMA>(a, row[ow * sw + j * g.dw], wt[i * g.kw + j]);
                 }
             }
-            *o = a;
+            out[oh * g.ow + ow] = a;
         }
     }
 }
 
 /// `R` output rows x `W` output columns from `(oh0, ow0)`, accumulated in registers
-/// over all taps (`R * W` = 32 floats: four AVX2 vectors, independent FMA chains).
+/// over all taps (at `R * W` = 32 floats: four AVX2 vectors, independent FMA chains).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn dw_block<const FMA: bool, const S1: bool, const R: usize, const W: usize>(
