@@ -236,8 +236,11 @@ fn host_conv<B: Backend>(x: Tensor<B, 4>, kind: &HostKind, relu_in: bool) -> Ten
                 owned = Some(hostconv::subsample(xs, n * c, [h, w], *stride));
             }
             if relu_in {
-                let src = owned.as_deref().unwrap_or(xs);
-                owned = Some(src.iter().map(|v| v.max(0.0)).collect());
+                // in place on the subsampled copy, else one pass into a new buffer
+                match owned.as_mut() {
+                    Some(v) => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+                    None => owned = Some(xs.iter().map(|v| v.max(0.0)).collect()),
+                }
             }
             let input = owned.as_deref().unwrap_or(xs);
             (
