@@ -1,19 +1,19 @@
-//! Host-memory pooling kernels for the CPU backends (flex, ndarray).
+//! Host-memory helpers for the CPU backends (flex, ndarray): reading a tensor's floats
+//! in place, and pooling.
 //!
 //! Burn 0.21's flex pools by visiting every window element with a bounds check and
 //! writing an `i64` argmax it never needs at inference (2.7 ms for a 3x3 max pool on
-//! 36x32x32 here). These kernels sweep every output row once per kernel tap over the
-//! output columns whose input column is inside the image, so the inner loop is a
-//! slice operation without bounds tests (contiguous at stride 1, where the compiler
-//! vectorizes it). Planes (`N * C`) are split over the cores when there is enough
-//! work. GPU backends keep Burn's ops. (A depthwise convolution written the same way
-//! was slower than flex's at batch 1, so convolutions stay with Burn.)
+//! 36x32x32 here). [`pool`] runs the window kernels of [`crate::hostconv`] instead
+//! (padded plane, outputs accumulated in registers over the taps), which cover floor
+//! mode with every window holding an image element; GPU backends keep Burn's ops.
 
 use std::any::TypeId;
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+
+use crate::hostconv::{self, Geom};
 
 /// Whether `B` keeps its tensors in host memory, so these kernels apply.
 pub(crate) fn is_host<B: Backend>() -> bool {
@@ -30,18 +30,6 @@ pub(crate) struct Axis {
 }
 
 impl Axis {
-    /// Output positions `[lo, hi)` whose input `o * s + t - p` lies in `[0, len)`.
-    fn taps(&self, t: usize, len: usize, out: usize) -> (usize, usize) {
-        let shift = t;
-        let lo = self.p.saturating_sub(shift).div_ceil(self.s);
-        let hi = if len + self.p > shift {
-            ((len + self.p - shift - 1) / self.s + 1).min(out)
-        } else {
-            0
-        };
-        (lo, hi.max(lo))
-    }
-
     /// Number of taps of output `o` that fall inside `[0, len)`.
     fn inside(&self, o: usize, len: usize) -> usize {
         (0..self.k)
@@ -60,75 +48,6 @@ pub(crate) enum Reduce {
     /// Average; `true` divides by the whole kernel (padding counted), `false` by the
     /// taps inside the image.
     Avg(bool),
-}
-
-struct Job {
-    h: usize,
-    w: usize,
-    wo: usize,
-    rows: Axis,
-    cols: Axis,
-    reduce: Reduce,
-}
-
-impl Job {
-    fn plane(&self, x: &[f32], out: &mut [f32]) {
-        let (w, wo) = (self.w, self.wo);
-        let (kh, kw) = (self.rows.k, self.cols.k);
-        let start = match self.reduce {
-            Reduce::Max => f32::NEG_INFINITY,
-            Reduce::Avg(_) => 0.0,
-        };
-        for (oh, orow) in out.chunks_mut(wo).enumerate() {
-            orow.fill(start);
-            for ti in 0..kh {
-                let r = oh * self.rows.s + ti;
-                if r < self.rows.p || r - self.rows.p >= self.h {
-                    continue;
-                }
-                let xrow = &x[(r - self.rows.p) * w..][..w];
-                for tj in 0..kw {
-                    let (lo, hi) = self.cols.taps(tj, w, wo);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let first = lo * self.cols.s + tj - self.cols.p;
-                    let dst = &mut orow[lo..hi];
-                    let step = self.cols.s;
-                    match self.reduce {
-                        Reduce::Max => sweep(dst, xrow, first, step, |o, v| o.max(v)),
-                        Reduce::Avg(_) => sweep(dst, xrow, first, step, |o, v| o + v),
-                    }
-                }
-            }
-            if let Reduce::Avg(include_pad) = self.reduce {
-                if include_pad {
-                    let inv = 1.0 / (kh * kw) as f32;
-                    orow.iter_mut().for_each(|o| *o *= inv);
-                } else {
-                    let rows = self.rows.inside(oh, self.h);
-                    for (ow, o) in orow.iter_mut().enumerate() {
-                        *o /= (rows * self.cols.inside(ow, w)) as f32;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `dst[i] = f(dst[i], src[first + i * step])`; the stride-1 case is a plain zip.
-#[inline(always)]
-fn sweep(dst: &mut [f32], src: &[f32], first: usize, step: usize, f: impl Fn(f32, f32) -> f32) {
-    if step == 1 {
-        let n = dst.len();
-        for (o, &v) in dst.iter_mut().zip(&src[first..first + n]) {
-            *o = f(*o, v);
-        }
-    } else {
-        for (o, &v) in dst.iter_mut().zip(src[first..].iter().step_by(step)) {
-            *o = f(*o, v);
-        }
-    }
 }
 
 /// Calls `f` with the floats of `t` in NCHW order: read in place from a contiguous
@@ -183,42 +102,42 @@ fn pool_floats<B: Backend>(
     reduce: Reduce,
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let job = Job {
+    let g = Geom {
+        c,
         h,
         w,
-        wo,
-        rows,
-        cols,
-        reduce,
+        kh: rows.k,
+        kw: cols.k,
+        sh: rows.s,
+        sw: cols.s,
+        dh: 1,
+        dw: 1,
+        pt: rows.p,
+        pl: cols.p,
+        oh: ho,
+        ow: wo,
     };
-    let planes = n * c;
-    let (in_len, plane_out) = (h * w, ho * wo);
-    let mut out = vec![0f32; planes * plane_out];
-    // below this many window taps a second thread costs more than it saves
-    let work = planes * plane_out * rows.k * cols.k;
-    let threads = if work < 1 << 20 {
-        1
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, |t| t.get())
-            .min(planes)
-    };
-    let per = planes.div_ceil(threads);
-    let run = |first: usize, chunk: &mut [f32]| {
-        for (i, o) in chunk.chunks_mut(plane_out).enumerate() {
-            job.plane(&xs[(first + i) * in_len..][..in_len], o);
+    let out = match reduce {
+        Reduce::Max => hostconv::pool::<{ hostconv::MAX }>(xs, n, &g),
+        Reduce::Avg(include_pad) => {
+            let mut out = hostconv::pool::<{ hostconv::SUM }>(xs, n, &g);
+            if include_pad {
+                let taps = (rows.k * cols.k) as f32;
+                out.iter_mut().for_each(|o| *o /= taps);
+            } else {
+                let inside: Vec<f32> = (0..ho)
+                    .flat_map(|oh| (0..wo).map(move |ow| (oh, ow)))
+                    .map(|(oh, ow)| (rows.inside(oh, h) * cols.inside(ow, w)) as f32)
+                    .collect();
+                for plane in out.chunks_exact_mut(ho * wo) {
+                    for (o, d) in plane.iter_mut().zip(&inside) {
+                        *o /= d;
+                    }
+                }
+            }
+            out
         }
     };
-    if threads <= 1 || plane_out == 0 {
-        run(0, &mut out);
-    } else {
-        std::thread::scope(|scope| {
-            for (t, chunk) in out.chunks_mut(per * plane_out).enumerate() {
-                let run = &run;
-                scope.spawn(move || run(t * per, chunk));
-            }
-        });
-    }
     Tensor::from_data(TensorData::new(out, [n, c, ho, wo]), device)
 }
 

@@ -63,91 +63,109 @@ fn madd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
     }
 }
 
-/// Output columns computed together in registers (one AVX2 vector).
-const LANES: usize = 8;
+/// What a window computes over its taps ([`window`]'s `MODE`).
+pub(crate) const CONV: u8 = 0;
+/// Maximum (the padding reads as minus infinity).
+pub(crate) const MAX: u8 = 1;
+/// Sum (the padding reads as zero); average pools divide afterwards.
+pub(crate) const SUM: u8 = 2;
 
-/// One depthwise plane from its zero-padded input `xp` (`[ph, pw]`, ReLU already
-/// applied) when the output does not tile into [`dw_block`]s of 32: blocks of one row x
-/// [`LANES`] columns, the last partial block element by element. `S1`: column stride 1.
 #[inline(always)]
-fn dw_plane<const FMA: bool, const S1: bool>(
-    xp: &[f32],
-    pw: usize,
-    out: &mut [f32],
-    wt: &[f32],
-    b: f32,
-    g: &Geom,
-) {
-    let full = g.ow / LANES * LANES;
-    let sw = if S1 { 1 } else { g.sw };
-    for oh in 0..g.oh {
-        for ow0 in (0..full).step_by(LANES) {
-            dw_block::<FMA, S1, 1, LANES>(xp, pw, out, wt, b, g, oh, ow0);
-        }
-        for ow in full..g.ow {
-            let mut a = b;
-            for i in 0..g.kh {
-                let row = &xp[(oh * g.sh + i * g.dh) * pw..][..pw];
-                for j in 0..g.kw {
-                    a = madd::<FMA>(a, row[ow * sw + j * g.dw], wt[i * g.kw + j]);
-                }
+fn tap<const MODE: u8, const FMA: bool>(acc: f32, x: f32, w: f32) -> f32 {
+    match MODE {
+        CONV => madd::<FMA>(acc, x, w),
+        // `vmaxps`-shaped, not `f32::max` (no NaN fix-up in the inner loop)
+        MAX => {
+            if x > acc {
+                x
+            } else {
+                acc
             }
-            out[oh * g.ow + ow] = a;
         }
+        _ => acc + x,
     }
 }
 
-/// `R` output rows x `W` output columns from `(oh0, ow0)`, accumulated in registers
-/// over all taps (at `R * W` = 32 floats: four AVX2 vectors, independent FMA chains).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn dw_block<const FMA: bool, const S1: bool, const R: usize, const W: usize>(
-    xp: &[f32],
+/// Output columns computed together in registers (one AVX2 vector).
+const LANES: usize = 8;
+
+/// One plane's inputs: the zero- (or minus-infinity-) padded input `xp` (`[ph, pw]`,
+/// ReLU already applied), the plane's taps `wt [kh, kw]` and bias `b` (CONV only).
+struct Plane<'a> {
+    xp: &'a [f32],
     pw: usize,
-    out: &mut [f32],
-    wt: &[f32],
+    wt: &'a [f32],
     b: f32,
-    g: &Geom,
+    g: &'a Geom,
+}
+
+/// `R` output rows x `W` output columns from `(oh0, ow0)`, accumulated in registers
+/// over all taps (at `R * W` = 32 floats: four AVX2 vectors, independent chains).
+/// `KH`, `KW`: the kernel size when known at compile time (loops fully unrolled), 0
+/// for the run-time size. `S1`: column stride 1 (contiguous loads).
+#[inline(always)]
+fn block<
+    const MODE: u8,
+    const FMA: bool,
+    const S1: bool,
+    const KH: usize,
+    const KW: usize,
+    const R: usize,
+    const W: usize,
+>(
+    p: &Plane,
+    out: &mut [std::mem::MaybeUninit<f32>],
     oh0: usize,
     ow0: usize,
 ) {
+    let g = p.g;
+    let (kh, kw) = (
+        if KH > 0 { KH } else { g.kh },
+        if KW > 0 { KW } else { g.kw },
+    );
     let sw = if S1 { 1 } else { g.sw };
-    let mut acc = [[b; W]; R];
-    for i in 0..g.kh {
-        for j in 0..g.kw {
-            let wv = wt[i * g.kw + j];
+    let start = match MODE {
+        CONV => p.b,
+        MAX => f32::NEG_INFINITY,
+        _ => 0.0,
+    };
+    let mut acc = [[start; W]; R];
+    for i in 0..kh {
+        for j in 0..kw {
+            let wv = if MODE == CONV { p.wt[i * kw + j] } else { 0.0 };
             for (r, a) in acc.iter_mut().enumerate() {
-                let row = &xp[((oh0 + r) * g.sh + i * g.dh) * pw..][..pw];
+                let row = &p.xp[((oh0 + r) * g.sh + i * g.dh) * p.pw..][..p.pw];
                 let base = ow0 * sw + j * g.dw;
                 let src: [f32; W] = if S1 {
                     row[base..base + W].try_into().expect("W floats")
                 } else {
                     std::array::from_fn(|l| row[base + l * sw])
                 };
-                *a = std::array::from_fn(|l| madd::<FMA>(a[l], src[l], wv));
+                *a = std::array::from_fn(|l| tap::<MODE, FMA>(a[l], src[l], wv));
             }
         }
     }
     for (r, a) in acc.iter().enumerate() {
-        out[(oh0 + r) * g.ow + ow0..][..W].copy_from_slice(a);
+        let dst = &mut out[(oh0 + r) * g.ow + ow0..][..W];
+        for (d, &v) in dst.iter_mut().zip(a) {
+            d.write(v);
+        }
     }
 }
 
-/// One plane in [`dw_block`]s when the output tiles exactly, else [`dw_plane`].
+/// One plane: in blocks of 32 outputs when the output tiles exactly (1x32, 2x16 or
+/// 4x8), else blocks of one row x [`LANES`] and the rest one by one.
 #[inline(always)]
-fn dw_plane_tiled<const FMA: bool, const S1: bool>(
-    xp: &[f32],
-    pw: usize,
-    out: &mut [f32],
-    wt: &[f32],
-    b: f32,
-    g: &Geom,
+fn plane<const MODE: u8, const FMA: bool, const S1: bool, const KH: usize, const KW: usize>(
+    p: &Plane,
+    out: &mut [std::mem::MaybeUninit<f32>],
 ) {
+    let g = p.g;
     macro_rules! tiles {
         ($r:literal, $w:literal) => {
             for oh0 in (0..g.oh).step_by($r) {
                 for ow0 in (0..g.ow).step_by($w) {
-                    dw_block::<FMA, S1, $r, $w>(xp, pw, out, wt, b, g, oh0, ow0);
+                    block::<MODE, FMA, S1, KH, KW, $r, $w>(p, out, oh0, ow0);
                 }
             }
         };
@@ -159,18 +177,44 @@ fn dw_plane_tiled<const FMA: bool, const S1: bool>(
     } else if g.ow % 8 == 0 && g.oh % 4 == 0 {
         tiles!(4, 8)
     } else {
-        dw_plane::<FMA, S1>(xp, pw, out, wt, b, g)
+        let full = g.ow / LANES * LANES;
+        for oh in 0..g.oh {
+            for ow0 in (0..full).step_by(LANES) {
+                block::<MODE, FMA, S1, KH, KW, 1, LANES>(p, out, oh, ow0);
+            }
+            for ow in full..g.ow {
+                block::<MODE, FMA, false, 0, 0, 1, 1>(p, out, oh, ow);
+            }
+        }
+    }
+}
+
+/// [`plane`] with the kernel size fixed at compile time for the sizes DARTS uses.
+#[inline(always)]
+fn plane_sized<const MODE: u8, const FMA: bool, const S1: bool>(
+    p: &Plane,
+    out: &mut [std::mem::MaybeUninit<f32>],
+) {
+    match (p.g.kh, p.g.kw) {
+        (3, 3) => plane::<MODE, FMA, S1, 3, 3>(p, out),
+        (5, 5) => plane::<MODE, FMA, S1, 5, 5>(p, out),
+        _ => plane::<MODE, FMA, S1, 0, 0>(p, out),
+    }
+}
+
+#[inline(always)]
+fn plane_any<const MODE: u8, const FMA: bool>(p: &Plane, out: &mut [std::mem::MaybeUninit<f32>]) {
+    if p.g.sw == 1 {
+        plane_sized::<MODE, FMA, true>(p, out)
+    } else {
+        plane_sized::<MODE, FMA, false>(p, out)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn dw_plane_fma(xp: &[f32], pw: usize, out: &mut [f32], wt: &[f32], b: f32, g: &Geom) {
-    if g.sw == 1 {
-        dw_plane_tiled::<true, true>(xp, pw, out, wt, b, g)
-    } else {
-        dw_plane_tiled::<true, false>(xp, pw, out, wt, b, g)
-    }
+fn plane_avx2<const MODE: u8>(p: &Plane, out: &mut [std::mem::MaybeUninit<f32>]) {
+    plane_any::<MODE, true>(p, out)
 }
 
 /// Whether the AVX2 + FMA builds may run (x86_64 only).
@@ -185,26 +229,26 @@ fn has_fma() -> bool {
     }
 }
 
-fn dw_plane_best(xp: &[f32], pw: usize, out: &mut [f32], wt: &[f32], b: f32, g: &Geom) {
+fn plane_best<const MODE: u8>(p: &Plane, out: &mut [std::mem::MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: the CPU has the features the function is built for (checked above).
-        return unsafe { dw_plane_fma(xp, pw, out, wt, b, g) };
+        return unsafe { plane_avx2::<MODE>(p, out) };
     }
-    const FMA: bool = cfg!(target_arch = "aarch64");
-    if g.sw == 1 {
-        dw_plane_tiled::<FMA, true>(xp, pw, out, wt, b, g)
-    } else {
-        dw_plane_tiled::<FMA, false>(xp, pw, out, wt, b, g)
-    }
+    plane_any::<MODE, { cfg!(target_arch = "aarch64") }>(p, out)
 }
 
-/// Copies plane `x [h, w]` into the middle of `xp` (zero borders), applying ReLU when
-/// asked. `xp` is `[ph, pw]` with the image at row `pt`, column `pl`.
-fn pad_plane(x: &[f32], xp: &mut [f32], g: &Geom, pw: usize, relu: bool) {
-    xp.fill(0.0);
+/// Copies plane `x [h, w]` into the middle of `xp` (`[ph, pw]`, the image at row `pt`,
+/// column `pl`) and sets the border to `pad`, applying ReLU when asked.
+fn pad_plane(x: &[f32], xp: &mut [f32], g: &Geom, pw: usize, pad: f32, relu: bool) {
+    let ph = xp.len() / pw;
+    xp[..g.pt * pw].fill(pad);
+    xp[(g.pt + g.h) * pw..ph * pw].fill(pad);
     for (r, src) in x.chunks_exact(g.w).enumerate() {
-        let dst = &mut xp[(r + g.pt) * pw + g.pl..][..g.w];
+        let row = &mut xp[(r + g.pt) * pw..][..pw];
+        row[..g.pl].fill(pad);
+        row[g.pl + g.w..].fill(pad);
+        let dst = &mut row[g.pl..g.pl + g.w];
         if relu {
             for (d, &v) in dst.iter_mut().zip(src) {
                 *d = v.max(0.0);
@@ -225,31 +269,68 @@ pub(crate) fn depthwise(
     g: &Geom,
     relu: bool,
 ) -> Vec<f32> {
+    assert_eq!(wt.len(), g.c * g.kh * g.kw, "depthwise weight length");
+    window::<CONV>(x, n, wt, bias, g, relu)
+}
+
+/// Max (`MAX`) or summing (`SUM`) pool of `x [n, C, H, W]` over windows `g` (floor
+/// mode; every window must hold an image element); returns `[n, C, oh, ow]`.
+pub(crate) fn pool<const MODE: u8>(x: &[f32], n: usize, g: &Geom) -> Vec<f32> {
+    window::<MODE>(x, n, &[], None, g, false)
+}
+
+/// Runs `MODE` over every window of every plane of `x [n, C, H, W]`: each input plane
+/// is copied once into a padded plane, then the outputs are accumulated in registers
+/// over all taps. `wt [C, kh, kw]` and `bias [C]` are read for `CONV` only.
+fn window<const MODE: u8>(
+    x: &[f32],
+    n: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geom,
+    relu: bool,
+) -> Vec<f32> {
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
-    assert_eq!(x.len(), n * g.c * plane_in, "depthwise input length");
-    assert_eq!(wt.len(), g.c * taps, "depthwise weight length");
+    assert_eq!(x.len(), n * g.c * plane_in, "window input length");
     // the padded plane holds every input position any output reads
     let ph = ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1).max(g.pt + g.h);
     let pw = ((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1).max(g.pl + g.w);
-    let mut out = vec![0f32; n * g.c * plane_out];
-    let job = |xp: &mut Vec<f32>, p: usize, o: &mut [f32]| {
+    let pad = if MODE == MAX { f32::NEG_INFINITY } else { 0.0 };
+    let len = n * g.c * plane_out;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    let job = |xp: &mut Vec<f32>, p: usize, o: &mut [std::mem::MaybeUninit<f32>]| {
         let ch = p % g.c;
         xp.resize(ph * pw, 0.0);
-        pad_plane(&x[p * plane_in..][..plane_in], xp, g, pw, relu);
+        pad_plane(&x[p * plane_in..][..plane_in], xp, g, pw, pad, relu);
+        let wt = if MODE == CONV {
+            &wt[ch * taps..][..taps]
+        } else {
+            &[]
+        };
         let b = bias.map_or(0.0, |b| b[ch]);
-        dw_plane_best(xp, pw, o, &wt[ch * taps..][..taps], b, g);
+        let plane = Plane { xp, pw, wt, b, g };
+        plane_best::<MODE>(&plane, o);
     };
-    if out.len() * taps < PARALLEL_WORK || rayon::current_num_threads() < 2 {
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if len * taps < PARALLEL_WORK || rayon::current_num_threads() < 2 {
         let mut xp = Vec::new();
-        out.chunks_exact_mut(plane_out)
+        spare
+            .chunks_exact_mut(plane_out)
             .enumerate()
             .for_each(|(p, o)| job(&mut xp, p, o));
     } else {
-        out.par_chunks_exact_mut(plane_out)
+        spare
+            .par_chunks_exact_mut(plane_out)
             .enumerate()
             .with_min_len(8)
             .for_each_init(Vec::new, |xp, (p, o)| job(xp, p, o));
     }
+    // SAFETY: every plane's every output was written above (`plane` covers all of
+    // `[oh, ow]`: whole tiles, or row blocks plus the rest one by one).
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -259,6 +340,16 @@ struct Ptr(*mut f32);
 // SAFETY: used only for disjoint column blocks of one output, all joined before return.
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    /// `self` moved `n` floats on.
+    ///
+    /// # Safety
+    /// As for `pointer::add`.
+    unsafe fn add(self, n: usize) -> Ptr {
+        Ptr(self.0.add(n))
+    }
+}
 
 /// `out[m, cols] (+)= wt[m, k] x[k, cols]` for the column block `[c0, c1)` of rows of
 /// length `hw`.
@@ -297,8 +388,120 @@ unsafe fn gemm_block(
     );
 }
 
-/// 1x1 convolution of `x [n, k, HW]` with `wt [m, k]` and optional bias `[m]`; returns
-/// `[n, m, HW]`.
+/// The AVX-512 pointwise kernel: output tiles of `MR` rows (output channels) x 32
+/// columns (two vectors) accumulated in registers over all `k` input channels, read
+/// straight from the NCHW input (no packing), the bias as the starting value, the
+/// input's ReLU applied as it is loaded. Masked loads and stores cover any width.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Output rows per tile: 12 x 2 accumulators of the 32 vector registers.
+    pub(super) const MR: usize = 12;
+
+    /// One tile: rows `[m0, m0 + R)`, columns `[c0, c0 + 32)` masked by `masks`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `x` holds `k` rows of `hw`, `out` `m` rows of `hw`, `wt` `m * k`;
+    /// the masks only select columns below `hw`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const RELU: bool>(
+        out: *mut f32,
+        x: *const f32,
+        wt: *const f32,
+        bias: Option<&[f32]>,
+        (k, hw): (usize, usize),
+        m0: usize,
+        c0: usize,
+        masks: [__mmask16; 2],
+    ) {
+        let zero = _mm512_setzero_ps();
+        let mut acc = [[zero; 2]; R];
+        if let Some(b) = bias {
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = [_mm512_set1_ps(b[m0 + r]); 2];
+            }
+        }
+        let w = wt.add(m0 * k);
+        for kk in 0..k {
+            let row = x.add(kk * hw + c0);
+            let mut v0 = _mm512_maskz_loadu_ps(masks[0], row);
+            let mut v1 = _mm512_maskz_loadu_ps(masks[1], row.add(16));
+            if RELU {
+                v0 = _mm512_max_ps(v0, zero);
+                v1 = _mm512_max_ps(v1, zero);
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*w.add(r * k + kk));
+                a[0] = _mm512_fmadd_ps(v0, wv, a[0]);
+                a[1] = _mm512_fmadd_ps(v1, wv, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let o = out.add((m0 + r) * hw + c0);
+            _mm512_mask_storeu_ps(o, masks[0], a[0]);
+            _mm512_mask_storeu_ps(o.add(16), masks[1], a[1]);
+        }
+    }
+
+    /// `out[m, c0..c1] = wt[m, k] relu?(x[k, c0..c1]) + bias` for one image.
+    ///
+    /// # Safety
+    /// AVX-512F present; `x` holds `k * hw` floats, `out` room for `m * hw`, `wt` `m * k`,
+    /// `bias` `m` when given; `c0 <= c1 <= hw`; no other thread writes those columns.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn image<const RELU: bool>(
+        out: *mut f32,
+        x: *const f32,
+        wt: *const f32,
+        bias: Option<&[f32]>,
+        (m, k, hw): (usize, usize, usize),
+        (c0, c1): (usize, usize),
+    ) {
+        let mask = |lanes: usize| -> __mmask16 {
+            if lanes >= 16 {
+                0xffff
+            } else {
+                ((1u32 << lanes) - 1) as __mmask16
+            }
+        };
+        for c in (c0..c1).step_by(32) {
+            let left = c1 - c;
+            let masks = [mask(left), mask(left.saturating_sub(16))];
+            let mut m0 = 0;
+            while m0 + MR <= m {
+                tile::<MR, RELU>(out, x, wt, bias, (k, hw), m0, c, masks);
+                m0 += MR;
+            }
+            while m0 + 4 <= m {
+                tile::<4, RELU>(out, x, wt, bias, (k, hw), m0, c, masks);
+                m0 += 4;
+            }
+            while m0 < m {
+                tile::<1, RELU>(out, x, wt, bias, (k, hw), m0, c, masks);
+                m0 += 1;
+            }
+        }
+    }
+}
+
+/// Whether the AVX-512 pointwise kernel may run (x86_64 only).
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// 1x1 convolution of `x [n, k, HW]` with `wt [m, k]` and optional bias `[m]`, ReLU on
+/// the input first when `relu`; returns `[n, m, HW]`. Uses the AVX-512 kernel where the
+/// CPU has it, else `gemm`.
 pub(crate) fn pointwise(
     x: &[f32],
     n: usize,
@@ -306,66 +509,93 @@ pub(crate) fn pointwise(
     wt: &[f32],
     m: usize,
     bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    pointwise_with(x, n, hw, wt, m, bias, relu, has_avx512())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pointwise_with(
+    x: &[f32],
+    n: usize,
+    hw: usize,
+    wt: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    simd: bool,
 ) -> Vec<f32> {
     let k = wt.len() / m;
     assert_eq!(wt.len(), m * k, "pointwise weight length");
     assert_eq!(x.len(), n * k * hw, "pointwise input length");
-    let mut out = vec![0f32; n * m * hw];
     if let Some(b) = bias {
-        for img in out.chunks_exact_mut(m * hw) {
-            for (row, &v) in img.chunks_exact_mut(hw).zip(b) {
-                row.fill(v);
+        assert_eq!(b.len(), m, "pointwise bias length");
+    }
+    let relued: Vec<f32>;
+    let x = if relu && !simd {
+        relued = x.iter().map(|v| v.max(0.0)).collect();
+        &relued[..]
+    } else {
+        x
+    };
+    let len = n * m * hw;
+    // no zero pass: the AVX-512 kernel and gemm (`read_dst = false`) write every output
+    // without reading it; gemm's bias is written first and accumulated into
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if bias.is_some() && !simd {
+        for _ in 0..n {
+            for &v in bias.into_iter().flatten() {
+                out.extend(std::iter::repeat_n(v, hw));
             }
         }
     }
+    let base = Ptr(out.as_mut_ptr());
     let dims = (m, k, hw);
     let acc = bias.is_some();
     let work = m * k * hw;
     let threads = rayon::current_num_threads();
-    if n > 1 && work * n >= PARALLEL_WORK && threads > 1 {
-        out.par_chunks_exact_mut(m * hw)
-            .zip(x.par_chunks_exact(k * hw))
-            .for_each(|(o, xi)| {
-                // SAFETY: lengths asserted above; each image writes its own chunk.
-                unsafe {
-                    gemm_block(
-                        Ptr(o.as_mut_ptr()),
-                        xi.as_ptr(),
-                        wt.as_ptr(),
-                        dims,
-                        (0, hw),
-                        acc,
-                    )
-                }
-            });
-        return out;
-    }
-    // one image (or little work): split the columns into blocks of whole SIMD widths
-    let parts = if work >= PARALLEL_WORK {
-        threads.min(hw / 16).max(1)
+    // one image (or little work): split its columns into blocks of whole SIMD widths
+    let parts = if n == 1 && work >= PARALLEL_WORK {
+        threads.min(hw / 32).max(1)
     } else {
         1
     };
-    for (o, xi) in out.chunks_exact_mut(m * hw).zip(x.chunks_exact(k * hw)) {
-        let (po, px, pw) = (
-            Ptr(o.as_mut_ptr()),
-            xi.as_ptr() as usize,
-            wt.as_ptr() as usize,
-        );
-        let per = hw.div_ceil(parts).next_multiple_of(16).min(hw);
-        let block = |p: usize| {
-            let (c0, c1) = (p * per, ((p + 1) * per).min(hw));
-            if c0 < c1 {
-                // SAFETY: lengths asserted above; blocks [c0, c1) are disjoint.
-                unsafe { gemm_block(po, px as *const f32, pw as *const f32, dims, (c0, c1), acc) }
-            }
-        };
-        if parts == 1 {
-            block(0);
-        } else {
-            (0..parts).into_par_iter().for_each(block);
+    let per = hw.div_ceil(parts).next_multiple_of(32).min(hw);
+    let (px, pw) = (x.as_ptr() as usize, wt.as_ptr() as usize);
+    let run = |i: usize, p: usize| {
+        let (c0, c1) = (p * per, ((p + 1) * per).min(hw));
+        if c0 >= c1 {
+            return;
         }
+        // SAFETY: lengths asserted above, the capacity reserved; each (image, column
+        // block) writes its own region, all joined before `set_len`; `simd` only when
+        // the CPU has AVX-512F.
+        unsafe {
+            let (o, xi, w) = (
+                base.add(i * m * hw),
+                (px as *const f32).add(i * k * hw),
+                pw as *const f32,
+            );
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                return if relu {
+                    avx512::image::<true>(o.0, xi, w, bias, dims, (c0, c1))
+                } else {
+                    avx512::image::<false>(o.0, xi, w, bias, dims, (c0, c1))
+                };
+            }
+            gemm_block(o, xi, w, dims, (c0, c1), acc)
+        }
+    };
+    if n > 1 && work * n >= PARALLEL_WORK && threads > 1 {
+        (0..n).into_par_iter().for_each(|i| run(i, 0));
+    } else if parts > 1 {
+        (0..parts).into_par_iter().for_each(|p| run(0, p));
+    } else {
+        (0..n).for_each(|i| run(i, 0));
     }
+    // SAFETY: every output of every image was written above.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -380,6 +610,10 @@ mod tests {
     type B = Flex;
 
     fn vec_of(t: Tensor<B, 4>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    fn vec_of1(t: Tensor<B, 1>) -> Vec<f32> {
         t.into_data().to_vec::<f32>().unwrap()
     }
 
@@ -468,8 +702,10 @@ mod tests {
             .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
     }
 
-    /// Against Burn's conv2d for batch 1 (column split) and batches (image split), with
-    /// and without bias, small and large enough to go parallel.
+    /// Against Burn's conv2d (of the ReLU'd input when `relu`) for batch 1 (column
+    /// split) and batches (image split), with and without bias and ReLU, small and large
+    /// enough to go parallel, widths and channel counts that leave partial tiles; both
+    /// the AVX-512 kernel (where the CPU has it) and the gemm path.
     #[test]
     fn pointwise_matches_burn() {
         let dev = Default::default();
@@ -478,24 +714,38 @@ mod tests {
             (1, 36, 36, 32, 32),
             (4, 72, 36, 16, 16),
             (2, 8, 144, 3, 5),
+            (1, 576, 144, 8, 8),
+            (3, 17, 29, 7, 9),
         ] {
             let x = Tensor::<B, 4>::random([n, k, h, w], Distribution::Normal(0.0, 1.0), &dev);
-            let wt = Tensor::<B, 4>::random([m, k, 1, 1], Distribution::Normal(0.0, 1.0), &dev);
+            // weights of a trained layer's scale (outputs of unit scale), so 1e-4 is a
+            // bound on the difference two summation orders make
+            let wt = Tensor::<B, 4>::random([m, k, 1, 1], Distribution::Normal(0.0, 1.0), &dev)
+                .div_scalar((k as f32).sqrt());
             let b = Tensor::<B, 1>::random([m], Distribution::Normal(0.0, 1.0), &dev);
             let opts = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-            for bias in [false, true] {
-                let want = conv2d(x.clone(), wt.clone(), bias.then(|| b.clone()), opts.clone());
-                let bv = b.clone().into_data().to_vec::<f32>().unwrap();
-                let got = pointwise(
-                    &vec_of(x.clone()),
-                    n,
-                    h * w,
-                    &vec_of(wt.clone()),
-                    m,
-                    bias.then_some(&bv[..]),
-                );
-                TensorData::new(got, [n, m, h, w])
-                    .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
+            let bv = vec_of1(b.clone());
+            for simd in [false, has_avx512()] {
+                for (bias, relu) in [(false, false), (true, false), (true, true), (false, true)] {
+                    let xin = if relu {
+                        x.clone().clamp_min(0.0)
+                    } else {
+                        x.clone()
+                    };
+                    let want = conv2d(xin, wt.clone(), bias.then(|| b.clone()), opts.clone());
+                    let got = pointwise_with(
+                        &vec_of(x.clone()),
+                        n,
+                        h * w,
+                        &vec_of(wt.clone()),
+                        m,
+                        bias.then_some(&bv[..]),
+                        relu,
+                        simd,
+                    );
+                    TensorData::new(got, [n, m, h, w])
+                        .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
+                }
             }
         }
     }
@@ -511,7 +761,7 @@ mod tests {
             let want = conv2d(x.clone(), wt.clone(), None, opts);
             let [_, _, oh, ow] = want.dims();
             let sub = subsample(&vec_of(x), n * k, [h, w], [s, s]);
-            let got = pointwise(&sub, n, oh * ow, &vec_of(wt), m, None);
+            let got = pointwise(&sub, n, oh * ow, &vec_of(wt), m, None, false);
             TensorData::new(got, [n, m, oh, ow])
                 .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
         }

@@ -70,6 +70,13 @@ pub const MAX_WORKERS: usize = 4;
 /// at batch 32 the workers took 514 ms, ops spread over both cores 593-608 ms.
 pub const SPREAD_BATCH: usize = 8;
 
+/// Batches of this size and larger run image-parallel (see
+/// [`plan::execute_images`]) on the CPU backends.
+pub const IMAGE_BATCH: usize = 4;
+
+/// Images per chunk of [`plan::execute_images`].
+pub const IMAGE_CHUNK: usize = 1;
+
 /// One-thread rayon pools, one per worker.
 struct Pools(Vec<rayon::ThreadPool>);
 
@@ -376,7 +383,14 @@ impl<B: Backend> Model<B> {
             });
         }
         let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();
+        let chunk = std::env::var("SPLITNAS_CHUNK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(IMAGE_CHUNK);
         let y = match &self.pools {
+            Some(Pools(pools)) if !profile && pools.len() > 1 && n >= IMAGE_BATCH => {
+                plan::execute_images(&self.plan, self.values, input, self.output, chunk, pools)
+            }
             Some(Pools(pools))
                 if !profile
                     && (n < SPREAD_BATCH || rayon::current_num_threads() <= MAX_WORKERS) =>

@@ -231,20 +231,10 @@ fn host_conv<B: Backend>(x: Tensor<B, 4>, kind: &HostKind, relu_in: bool) -> Ten
             stride,
         } => {
             let (oh, ow) = ((h - 1) / stride[0] + 1, (w - 1) / stride[1] + 1);
-            let mut owned = None;
-            if *stride != [1, 1] {
-                owned = Some(hostconv::subsample(xs, n * c, [h, w], *stride));
-            }
-            if relu_in {
-                // in place on the subsampled copy, else one pass into a new buffer
-                match owned.as_mut() {
-                    Some(v) => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-                    None => owned = Some(xs.iter().map(|v| v.max(0.0)).collect()),
-                }
-            }
-            let input = owned.as_deref().unwrap_or(xs);
+            let sub = (*stride != [1, 1]).then(|| hostconv::subsample(xs, n * c, [h, w], *stride));
+            let input = sub.as_deref().unwrap_or(xs);
             (
-                hostconv::pointwise(input, n, oh * ow, wt, *m, b.as_deref()),
+                hostconv::pointwise(input, n, oh * ow, wt, *m, b.as_deref(), relu_in),
                 [n, *m, oh, ow],
             )
         }
@@ -561,4 +551,62 @@ pub(crate) fn execute_parallel<B: Backend>(
         .unwrap_or_else(|e| e.into_inner())
         .take();
     y.expect("the plan defines the output")
+}
+
+/// Runs the plan over a batch split into chunks of `chunk` images, each chunk on one
+/// worker (one pool of one thread each) with [`execute`], workers claiming chunks in
+/// order; the logits are concatenated back in batch order. One image's values fit in
+/// a core's cache where a whole batch's do not, and chunks need no hand-off between
+/// workers.
+pub(crate) fn execute_images<B: Backend>(
+    plan: &[Planned<B>],
+    values_len: usize,
+    input: Tensor<B, 4>,
+    output: usize,
+    chunk: usize,
+    pools: &[rayon::ThreadPool],
+) -> Tensor<B, 4> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let chunks = input.split(chunk.max(1), 0);
+    let results: Vec<Mutex<Option<Tensor<B, 4>>>> =
+        chunks.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let worker = || {
+        let _flag = PanicFlag(&failed);
+        loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            if i >= chunks.len() || failed.load(Ordering::Relaxed) {
+                return;
+            }
+            let x = chunks[i].clone();
+            let n = x.dims()[0];
+            let y = execute(plan, values_len, x, output, n);
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
+        }
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = pools[1..]
+            .iter()
+            .map(|pool| scope.spawn(|| pool.install(worker)))
+            .collect();
+        if let Some(pool) = pools.first() {
+            pool.install(worker);
+        }
+        for other in others {
+            if let Err(e) = other.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+    let ys = results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every chunk ran")
+        })
+        .collect();
+    Tensor::cat(ys, 0)
 }
