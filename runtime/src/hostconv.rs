@@ -86,135 +86,232 @@ fn tap<const MODE: u8, const FMA: bool>(acc: f32, x: f32, w: f32) -> f32 {
     }
 }
 
-/// Output columns computed together in registers (one AVX2 vector).
-const LANES: usize = 8;
+type Out = std::mem::MaybeUninit<f32>;
 
-/// One plane's inputs: the zero- (or minus-infinity-) padded input `xp` (`[ph, pw]`,
-/// ReLU already applied), the plane's taps `wt [kh, kw]` and bias `b` (CONV only).
+/// One plane's inputs. The padded input `xp` (ReLU already applied, border at the pad
+/// value) is kept as `sw` column phases, `[sw][ph][pws]`: padded column `c` lies in
+/// phase `c % sw` at `c / sw`, so the columns a tap reads for consecutive outputs are
+/// contiguous at any column stride. `wt [kh, kw]` and `b` are read for `CONV` only.
 struct Plane<'a> {
     xp: &'a [f32],
-    pw: usize,
+    /// Offset of tap column `j`'s phase and first column (`(j dw % sw) ph pws + j dw / sw`).
+    cols: &'a [usize],
+    pws: usize,
     wt: &'a [f32],
     b: f32,
     g: &'a Geom,
 }
 
-/// `R` output rows x `W` output columns from `(oh0, ow0)`, accumulated in registers
-/// over all taps (at `R * W` = 32 floats: four AVX2 vectors, independent chains).
-/// `KH`, `KW`: the kernel size when known at compile time (loops fully unrolled), 0
-/// for the run-time size. `S1`: column stride 1 (contiguous loads).
+impl Plane<'_> {
+    /// Offset in `xp` of the input tap `(i, j)` reads for output `(oh, ow)`; the next
+    /// output column's is the next float.
+    #[inline(always)]
+    fn at(&self, oh: usize, ow: usize, i: usize, j: usize) -> usize {
+        self.cols[j] + (oh * self.g.sh + i * self.g.dh) * self.pws + ow
+    }
+}
+
+/// One output computed tap by tap: the portable path, and the leftovers of the vector
+/// tiles.
 #[inline(always)]
-fn block<
-    const MODE: u8,
-    const FMA: bool,
-    const S1: bool,
-    const KH: usize,
-    const KW: usize,
-    const R: usize,
-    const W: usize,
->(
+fn one<const MODE: u8, const FMA: bool, const KH: usize, const KW: usize>(
     p: &Plane,
-    out: &mut [std::mem::MaybeUninit<f32>],
-    oh0: usize,
-    ow0: usize,
+    out: &mut [Out],
+    oh: usize,
+    ow: usize,
 ) {
     let g = p.g;
     let (kh, kw) = (
         if KH > 0 { KH } else { g.kh },
         if KW > 0 { KW } else { g.kw },
     );
-    let sw = if S1 { 1 } else { g.sw };
+    let mut a = match MODE {
+        CONV => p.b,
+        MAX => f32::NEG_INFINITY,
+        _ => 0.0,
+    };
+    for i in 0..kh {
+        for j in 0..kw {
+            let wv = if MODE == CONV { p.wt[i * kw + j] } else { 0.0 };
+            a = tap::<MODE, FMA>(a, p.xp[p.at(oh, ow, i, j)], wv);
+        }
+    }
+    out[oh * g.ow + ow].write(a);
+}
+
+/// The portable plane: rows of `W` outputs accumulated together (the compiler
+/// vectorizes the lanes), the rest one by one.
+#[inline(always)]
+fn plane_portable<const MODE: u8, const FMA: bool, const KH: usize, const KW: usize>(
+    p: &Plane,
+    out: &mut [Out],
+) {
+    const W: usize = 8;
+    let g = p.g;
+    let (kh, kw) = (
+        if KH > 0 { KH } else { g.kh },
+        if KW > 0 { KW } else { g.kw },
+    );
+    let full = g.ow / W * W;
     let start = match MODE {
         CONV => p.b,
         MAX => f32::NEG_INFINITY,
         _ => 0.0,
     };
-    let mut acc = [[start; W]; R];
-    for i in 0..kh {
-        for j in 0..kw {
-            let wv = if MODE == CONV { p.wt[i * kw + j] } else { 0.0 };
-            for (r, a) in acc.iter_mut().enumerate() {
-                let row = &p.xp[((oh0 + r) * g.sh + i * g.dh) * p.pw..][..p.pw];
-                let base = ow0 * sw + j * g.dw;
-                let src: [f32; W] = if S1 {
-                    row[base..base + W].try_into().expect("W floats")
-                } else {
-                    std::array::from_fn(|l| row[base + l * sw])
-                };
-                *a = std::array::from_fn(|l| tap::<MODE, FMA>(a[l], src[l], wv));
-            }
-        }
-    }
-    for (r, a) in acc.iter().enumerate() {
-        let dst = &mut out[(oh0 + r) * g.ow + ow0..][..W];
-        for (d, &v) in dst.iter_mut().zip(a) {
-            d.write(v);
-        }
-    }
-}
-
-/// One plane: in blocks of 32 outputs when the output tiles exactly (1x32, 2x16 or
-/// 4x8), else blocks of one row x [`LANES`] and the rest one by one.
-#[inline(always)]
-fn plane<const MODE: u8, const FMA: bool, const S1: bool, const KH: usize, const KW: usize>(
-    p: &Plane,
-    out: &mut [std::mem::MaybeUninit<f32>],
-) {
-    let g = p.g;
-    macro_rules! tiles {
-        ($r:literal, $w:literal) => {
-            for oh0 in (0..g.oh).step_by($r) {
-                for ow0 in (0..g.ow).step_by($w) {
-                    block::<MODE, FMA, S1, KH, KW, $r, $w>(p, out, oh0, ow0);
+    for oh in 0..g.oh {
+        for ow0 in (0..full).step_by(W) {
+            let mut acc = [start; W];
+            for i in 0..kh {
+                for j in 0..kw {
+                    let wv = if MODE == CONV { p.wt[i * kw + j] } else { 0.0 };
+                    let src = &p.xp[p.at(oh, ow0, i, j)..][..W];
+                    for (a, &x) in acc.iter_mut().zip(src) {
+                        *a = tap::<MODE, FMA>(*a, x, wv);
+                    }
                 }
             }
-        };
-    }
-    if g.ow % 32 == 0 {
-        tiles!(1, 32)
-    } else if g.ow % 16 == 0 && g.oh % 2 == 0 {
-        tiles!(2, 16)
-    } else if g.ow % 8 == 0 && g.oh % 4 == 0 {
-        tiles!(4, 8)
-    } else {
-        let full = g.ow / LANES * LANES;
-        for oh in 0..g.oh {
-            for ow0 in (0..full).step_by(LANES) {
-                block::<MODE, FMA, S1, KH, KW, 1, LANES>(p, out, oh, ow0);
+            for (o, &a) in out[oh * g.ow + ow0..][..W].iter_mut().zip(&acc) {
+                o.write(a);
             }
-            for ow in full..g.ow {
-                block::<MODE, FMA, false, 0, 0, 1, 1>(p, out, oh, ow);
-            }
+        }
+        for ow in full..g.ow {
+            one::<MODE, FMA, KH, KW>(p, out, oh, ow);
         }
     }
 }
 
-/// [`plane`] with the kernel size fixed at compile time for the sizes DARTS uses.
-#[inline(always)]
-fn plane_sized<const MODE: u8, const FMA: bool, const S1: bool>(
-    p: &Plane,
-    out: &mut [std::mem::MaybeUninit<f32>],
-) {
-    match (p.g.kh, p.g.kw) {
-        (3, 3) => plane::<MODE, FMA, S1, 3, 3>(p, out),
-        (5, 5) => plane::<MODE, FMA, S1, 5, 5>(p, out),
-        _ => plane::<MODE, FMA, S1, 0, 0>(p, out),
-    }
-}
-
-#[inline(always)]
-fn plane_any<const MODE: u8, const FMA: bool>(p: &Plane, out: &mut [std::mem::MaybeUninit<f32>]) {
-    if p.g.sw == 1 {
-        plane_sized::<MODE, FMA, true>(p, out)
-    } else {
-        plane_sized::<MODE, FMA, false>(p, out)
-    }
-}
-
+/// AVX2 + FMA tiles: `R` output rows x `NV` vectors of 8 columns, `R * NV` = 8
+/// independent accumulator chains (enough to cover the FMA latency), every tap a
+/// broadcast weight times one unaligned load per vector.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn plane_avx2<const MODE: u8>(p: &Plane, out: &mut [std::mem::MaybeUninit<f32>]) {
-    plane_any::<MODE, true>(p, out)
+mod avx2 {
+    use super::{Out, Plane, CONV, MAX};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX2 and FMA present; the tile lies inside the plane's output, and `p.xp` holds
+    /// every input it reads (the padded plane's extent, checked by the caller).
+    #[inline(always)]
+    unsafe fn tile<
+        const MODE: u8,
+        const KH: usize,
+        const KW: usize,
+        const R: usize,
+        const NV: usize,
+    >(
+        p: &Plane,
+        out: &mut [Out],
+        oh0: usize,
+        ow0: usize,
+    ) {
+        let g = p.g;
+        let (kh, kw) = (
+            if KH > 0 { KH } else { g.kh },
+            if KW > 0 { KW } else { g.kw },
+        );
+        let start = _mm256_set1_ps(match MODE {
+            CONV => p.b,
+            MAX => f32::NEG_INFINITY,
+            _ => 0.0,
+        });
+        let mut acc = [[start; NV]; R];
+        let (xp, wt, cols) = (p.xp.as_ptr(), p.wt.as_ptr(), p.cols.as_ptr());
+        for i in 0..kh {
+            let rows: [*const f32; R] =
+                std::array::from_fn(|r| xp.add(((oh0 + r) * g.sh + i * g.dh) * p.pws + ow0));
+            for j in 0..kw {
+                let wv = _mm256_set1_ps(if MODE == CONV {
+                    *wt.add(i * kw + j)
+                } else {
+                    0.0
+                });
+                let cj = *cols.add(j);
+                for (a, row) in acc.iter_mut().zip(rows) {
+                    let src = row.add(cj);
+                    for (v, av) in a.iter_mut().enumerate() {
+                        let x = _mm256_loadu_ps(src.add(8 * v));
+                        *av = match MODE {
+                            CONV => _mm256_fmadd_ps(x, wv, *av),
+                            MAX => _mm256_max_ps(x, *av),
+                            _ => _mm256_add_ps(x, *av),
+                        };
+                    }
+                }
+            }
+        }
+        let o = out.as_mut_ptr() as *mut f32;
+        for (r, a) in acc.iter().enumerate() {
+            for (v, av) in a.iter().enumerate() {
+                _mm256_storeu_ps(o.add((oh0 + r) * g.ow + ow0 + 8 * v), *av);
+            }
+        }
+    }
+
+    /// Rows in tiles of `R` (the last ones one at a time), full vectors of each row in
+    /// tiles of `NV`, then `1`, the columns left over one by one.
+    #[inline(always)]
+    unsafe fn plane_with<
+        const MODE: u8,
+        const KH: usize,
+        const KW: usize,
+        const R: usize,
+        const NV: usize,
+    >(
+        p: &Plane,
+        out: &mut [Out],
+    ) {
+        let g = p.g;
+        let vecs = g.ow / 8;
+        let rows_full = g.oh / R * R;
+        for oh0 in (0..g.oh).step_by(R) {
+            let mut v = 0;
+            while v + NV <= vecs {
+                if oh0 < rows_full {
+                    tile::<MODE, KH, KW, R, NV>(p, out, oh0, 8 * v);
+                } else {
+                    for oh in oh0..g.oh {
+                        tile::<MODE, KH, KW, 1, NV>(p, out, oh, 8 * v);
+                    }
+                }
+                v += NV;
+            }
+            for oh in oh0..(oh0 + R).min(g.oh) {
+                for vv in v..vecs {
+                    tile::<MODE, KH, KW, 1, 1>(p, out, oh, 8 * vv);
+                }
+                for ow in vecs * 8..g.ow {
+                    super::one::<MODE, true, KH, KW>(p, out, oh, ow);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn plane_sized<const MODE: u8, const KH: usize, const KW: usize>(
+        p: &Plane,
+        out: &mut [Out],
+    ) {
+        let vecs = p.g.ow / 8;
+        if vecs >= 4 {
+            plane_with::<MODE, KH, KW, 2, 4>(p, out)
+        } else if vecs >= 2 {
+            plane_with::<MODE, KH, KW, 4, 2>(p, out)
+        } else {
+            plane_with::<MODE, KH, KW, 8, 1>(p, out)
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA present; `p.xp` is the whole padded plane of `p.g`, `out` the whole
+    /// output plane.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn plane<const MODE: u8>(p: &Plane, out: &mut [Out]) {
+        match (p.g.kh, p.g.kw) {
+            (3, 3) => plane_sized::<MODE, 3, 3>(p, out),
+            (5, 5) => plane_sized::<MODE, 5, 5>(p, out),
+            _ => plane_sized::<MODE, 0, 0>(p, out),
+        }
+    }
 }
 
 /// Whether the AVX2 + FMA builds may run (x86_64 only).
@@ -229,32 +326,39 @@ fn has_fma() -> bool {
     }
 }
 
-fn plane_best<const MODE: u8>(p: &Plane, out: &mut [std::mem::MaybeUninit<f32>]) {
+fn plane_best<const MODE: u8>(p: &Plane, out: &mut [Out], simd: bool) {
+    assert_eq!(out.len(), p.g.oh * p.g.ow, "window output plane");
     #[cfg(target_arch = "x86_64")]
-    if has_fma() {
-        // SAFETY: the CPU has the features the function is built for (checked above).
-        return unsafe { plane_avx2::<MODE>(p, out) };
+    if simd && has_fma() {
+        // SAFETY: the CPU has the features (checked above); `window` sized `xp` to the
+        // padded plane and `out` to the output plane (asserted above).
+        return unsafe { avx2::plane::<MODE>(p, out) };
     }
-    plane_any::<MODE, { cfg!(target_arch = "aarch64") }>(p, out)
+    let _ = simd;
+    const FMA: bool = cfg!(target_arch = "aarch64");
+    match (p.g.kh, p.g.kw) {
+        (3, 3) => plane_portable::<MODE, FMA, 3, 3>(p, out),
+        (5, 5) => plane_portable::<MODE, FMA, 5, 5>(p, out),
+        _ => plane_portable::<MODE, FMA, 0, 0>(p, out),
+    }
 }
 
-/// Copies plane `x [h, w]` into the middle of `xp` (`[ph, pw]`, the image at row `pt`,
-/// column `pl`) and sets the border to `pad`, applying ReLU when asked.
-fn pad_plane(x: &[f32], xp: &mut [f32], g: &Geom, pw: usize, pad: f32, relu: bool) {
-    let ph = xp.len() / pw;
-    xp[..g.pt * pw].fill(pad);
-    xp[(g.pt + g.h) * pw..ph * pw].fill(pad);
+/// Writes plane `x [h, w]` into the phases of `xp` (see [`Plane`]): every position at
+/// `pad`, then the image at padded row `pt`, column `pl`, ReLU'd when asked.
+fn pad_plane(x: &[f32], xp: &mut [f32], g: &Geom, (ph, pws): (usize, usize), pad: f32, relu: bool) {
+    xp.fill(pad);
+    let f = |v: f32| if relu { v.max(0.0) } else { v };
     for (r, src) in x.chunks_exact(g.w).enumerate() {
-        let row = &mut xp[(r + g.pt) * pw..][..pw];
-        row[..g.pl].fill(pad);
-        row[g.pl + g.w..].fill(pad);
-        let dst = &mut row[g.pl..g.pl + g.w];
-        if relu {
+        if g.sw == 1 {
+            let dst = &mut xp[(r + g.pt) * pws + g.pl..][..g.w];
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = v.max(0.0);
+                *d = f(v);
             }
         } else {
-            dst.copy_from_slice(src);
+            for (col, &v) in src.iter().enumerate() {
+                let c = col + g.pl;
+                xp[((c % g.sw) * ph + r + g.pt) * pws + c / g.sw] = f(v);
+            }
         }
     }
 }
@@ -270,13 +374,13 @@ pub(crate) fn depthwise(
     relu: bool,
 ) -> Vec<f32> {
     assert_eq!(wt.len(), g.c * g.kh * g.kw, "depthwise weight length");
-    window::<CONV>(x, n, wt, bias, g, relu)
+    window::<CONV>(x, n, wt, bias, g, relu, true)
 }
 
 /// Max (`MAX`) or summing (`SUM`) pool of `x [n, C, H, W]` over windows `g` (floor
 /// mode; every window must hold an image element); returns `[n, C, oh, ow]`.
 pub(crate) fn pool<const MODE: u8>(x: &[f32], n: usize, g: &Geom) -> Vec<f32> {
-    window::<MODE>(x, n, &[], None, g, false)
+    window::<MODE>(x, n, &[], None, g, false, true)
 }
 
 /// Runs `MODE` over every window of every plane of `x [n, C, H, W]`: each input plane
@@ -289,30 +393,45 @@ fn window<const MODE: u8>(
     bias: Option<&[f32]>,
     g: &Geom,
     relu: bool,
+    simd: bool,
 ) -> Vec<f32> {
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     assert_eq!(x.len(), n * g.c * plane_in, "window input length");
     // the padded plane holds every input position any output reads
     let ph = ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1).max(g.pt + g.h);
     let pw = ((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1).max(g.pl + g.w);
+    let pws = pw.div_ceil(g.sw);
     let pad = if MODE == MAX { f32::NEG_INFINITY } else { 0.0 };
     let len = n * g.c * plane_out;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     if len == 0 {
         return out;
     }
-    let job = |xp: &mut Vec<f32>, p: usize, o: &mut [std::mem::MaybeUninit<f32>]| {
+    let cols: Vec<usize> = (0..g.kw)
+        .map(|j| {
+            let c = j * g.dw;
+            (c % g.sw) * ph * pws + c / g.sw
+        })
+        .collect();
+    let job = |xp: &mut Vec<f32>, p: usize, o: &mut [Out]| {
         let ch = p % g.c;
-        xp.resize(ph * pw, 0.0);
-        pad_plane(&x[p * plane_in..][..plane_in], xp, g, pw, pad, relu);
+        xp.resize(g.sw * ph * pws, 0.0);
+        pad_plane(&x[p * plane_in..][..plane_in], xp, g, (ph, pws), pad, relu);
         let wt = if MODE == CONV {
             &wt[ch * taps..][..taps]
         } else {
             &[]
         };
         let b = bias.map_or(0.0, |b| b[ch]);
-        let plane = Plane { xp, pw, wt, b, g };
-        plane_best::<MODE>(&plane, o);
+        let plane = Plane {
+            xp,
+            cols: &cols,
+            pws,
+            wt,
+            b,
+            g,
+        };
+        plane_best::<MODE>(&plane, o, simd);
     };
     let spare = &mut out.spare_capacity_mut()[..len];
     if len * taps < PARALLEL_WORK || rayon::current_num_threads() < 2 {
@@ -622,7 +741,14 @@ mod tests {
     #[test]
     fn depthwise_matches_burn() {
         let dev = Default::default();
-        for &(n, c, h, w) in &[(1, 4, 9, 7), (3, 6, 16, 16), (2, 40, 32, 32), (1, 3, 2, 3)] {
+        for &(n, c, h, w) in &[
+            (1, 4, 9, 7),
+            (3, 6, 16, 16),
+            (2, 40, 32, 32),
+            (1, 3, 2, 3),
+            (1, 2, 13, 44),
+            (2, 3, 11, 20),
+        ] {
             for &(k, s, d) in &[
                 (3, 1, 1),
                 (5, 1, 1),
@@ -657,9 +783,14 @@ mod tests {
                     ow,
                 };
                 let bv = b.into_data().to_vec::<f32>().unwrap();
-                let got = depthwise(&vec_of(x), n, &vec_of(wt), Some(&bv), &g, false);
-                TensorData::new(got, [n, c, oh, ow])
-                    .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+                let (xv, wv) = (vec_of(x), vec_of(wt));
+                for simd in [false, true] {
+                    let got = window::<CONV>(&xv, n, &wv, Some(&bv), &g, false, simd);
+                    TensorData::new(got, [n, c, oh, ow]).assert_approx_eq::<f32>(
+                        &want.clone().into_data(),
+                        Tolerance::absolute(1e-5),
+                    );
+                }
             }
         }
     }
@@ -764,6 +895,54 @@ mod tests {
             let got = pointwise(&sub, n, oh * ow, &vec_of(wt), m, None, false);
             TensorData::new(got, [n, m, oh, ow])
                 .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
+        }
+    }
+
+    /// The portable window path against the AVX2 one (itself checked against Burn's
+    /// pools in `host`'s tests) for max and sum pools: strides 1-3, odd sizes.
+    #[test]
+    fn portable_pools_match_simd() {
+        let dev = Default::default();
+        for &(c, h, w, k, s, p) in &[
+            (3, 9, 7, 3, 1, 1),
+            (2, 32, 32, 3, 2, 1),
+            (4, 13, 44, 3, 2, 1),
+            (2, 11, 20, 2, 2, 0),
+            (1, 10, 17, 5, 3, 2),
+        ] {
+            let x = vec_of(Tensor::<B, 4>::random(
+                [2, c, h, w],
+                Distribution::Normal(0.0, 1.0),
+                &dev,
+            ));
+            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let g = Geom {
+                c,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                sh: s,
+                sw: s,
+                dh: 1,
+                dw: 1,
+                pt: p,
+                pl: p,
+                oh,
+                ow,
+            };
+            assert_eq!(
+                window::<MAX>(&x, 2, &[], None, &g, false, false),
+                window::<MAX>(&x, 2, &[], None, &g, false, true)
+            );
+            let (a, b) = (
+                window::<SUM>(&x, 2, &[], None, &g, false, false),
+                window::<SUM>(&x, 2, &[], None, &g, false, true),
+            );
+            TensorData::new(a, [2, c, oh, ow]).assert_approx_eq::<f32>(
+                &TensorData::new(b, [2, c, oh, ow]),
+                Tolerance::absolute(1e-5),
+            );
         }
     }
 }
