@@ -51,22 +51,53 @@ pub(crate) enum Reduce {
 }
 
 /// Calls `f` with the floats of `t` in NCHW order: read in place from a contiguous
-/// flex tensor (shared or not), else from a copy.
+/// flex tensor (shared or not, at any offset), gathered row by row from a strided flex
+/// view (a `Slice`, a batch chunk), else from a copy.
 pub(crate) fn with_floats<B: Backend, R>(t: Tensor<B, 4>, f: impl FnOnce(&[f32]) -> R) -> R {
-    let numel = t.shape().num_elements();
     let prim = t.into_primitive().tensor();
     if let Some(ft) = (&prim as &dyn std::any::Any).downcast_ref::<burn_flex::FlexTensor>() {
-        if ft.dtype() == burn::tensor::DType::F32
-            && ft.is_contiguous()
-            && ft.layout().start_offset() == 0
-        {
-            if let Some(xs) = ft.storage::<f32>().get(..numel) {
-                return f(xs);
+        if ft.dtype() == burn::tensor::DType::F32 {
+            let (layout, xs) = (ft.layout(), ft.storage::<f32>());
+            if let Some((start, end)) = layout.contiguous_offsets() {
+                if let Some(v) = xs.get(start..end) {
+                    return f(v);
+                }
+            } else if let Some(v) = gather(xs, layout) {
+                return f(&v);
             }
         }
     }
     let t = Tensor::<B, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(prim));
     f(&host_vec(t))
+}
+
+/// The elements of a 4-D strided view with non-negative strides, row by row (a
+/// contiguous row is one copy); `None` when the view reaches outside `xs`.
+fn gather(xs: &[f32], layout: &burn_flex::Layout) -> Option<Vec<f32>> {
+    let (dims, strides) = (layout.shape(), layout.strides());
+    if dims.num_dims() != 4 || !layout.has_positive_strides() {
+        return None;
+    }
+    let d: [usize; 4] = std::array::from_fn(|i| dims[i]);
+    let s: [usize; 4] = std::array::from_fn(|i| strides[i] as usize);
+    let last = layout.start_offset() + (0..4).map(|i| d[i].saturating_sub(1) * s[i]).sum::<usize>();
+    if d.contains(&0) || last >= xs.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(d.iter().product());
+    for n in 0..d[0] {
+        for c in 0..d[1] {
+            for h in 0..d[2] {
+                let row = layout.start_offset() + n * s[0] + c * s[1] + h * s[2];
+                if s[3] == 1 {
+                    out.extend_from_slice(&xs[row..row + d[3]]);
+                } else {
+                    out.extend((0..d[3]).map(|w| xs[row + w * s[3]]));
+                }
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The floats of `t` (no copy for a flex tensor nothing else holds).
@@ -186,6 +217,24 @@ mod tests {
                     fast.into_data().assert_approx_eq(&slow.into_data(), tol);
                 }
             }
+        }
+    }
+
+    /// Views (a slice, a batch chunk at an offset, swapped axes with a non-unit inner
+    /// stride) read the same floats as Burn's own copy of them.
+    #[test]
+    fn views_read_like_burn() {
+        let dev = Default::default();
+        let x = Tensor::<B, 4>::random([2, 3, 5, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let views = [
+            x.clone().slice([0..2, 1..3, 1..5, 2..6]),
+            x.clone().split(1, 0).pop().unwrap(),
+            x.clone().swap_dims(2, 3),
+            x.clone().swap_dims(2, 3).slice([1..2, 0..3, 1..4, 0..5]),
+        ];
+        for v in views {
+            let want = v.clone().into_data().to_vec::<f32>().unwrap();
+            assert_eq!(with_floats(v, |xs| xs.to_vec()), want);
         }
     }
 

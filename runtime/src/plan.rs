@@ -396,7 +396,18 @@ pub(crate) fn execute<B: Backend>(
                 Step::Conv { opts, w, .. } => format!("Conv g{} k{}", opts.groups, w.dims()[2]),
                 Step::HostConv { kind, .. } => match kind {
                     HostKind::Depthwise { g, .. } => format!("host depthwise k{}", g.kh),
-                    HostKind::Pointwise { .. } => "host pointwise".into(),
+                    HostKind::Pointwise { w, m, stride, .. } => {
+                        let [n, _, h, wd] = y.dims();
+                        let _ = n;
+                        format!(
+                            "host pointwise {}x{} {}x{} /{}",
+                            w.len() / m,
+                            m,
+                            h,
+                            wd,
+                            stride[0]
+                        )
+                    }
                 },
                 Step::Relu(_) => "Relu".into(),
                 Step::MaxPool { .. } => "MaxPool".into(),
