@@ -453,6 +453,55 @@ fn window<const MODE: u8>(
     out
 }
 
+/// Dense convolution (group 1, any kernel) of `x [n, C, H, W]` with `wt [m, C kh kw]`
+/// and optional bias `[m]`, ReLU on the input first when `relu`: per image, the input
+/// windows are laid out as columns `[C kh kw, oh ow]` (zero outside the image), then
+/// multiplied by the weights with [`pointwise`]. Returns `[n, m, oh, ow]`.
+pub(crate) fn dense(
+    x: &[f32],
+    n: usize,
+    wt: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    g: &Geom,
+    relu: bool,
+) -> Vec<f32> {
+    let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    assert_eq!(x.len(), n * g.c * plane_in, "dense input length");
+    assert_eq!(wt.len(), m * g.c * taps, "dense weight length");
+    let mut cols = vec![0f32; g.c * taps * plane_out];
+    let mut out = Vec::with_capacity(n * m * plane_out);
+    for img in x.chunks_exact(g.c * plane_in) {
+        for (r, dst) in cols.chunks_exact_mut(plane_out).enumerate() {
+            let (ci, i, j) = (r / taps, r % taps / g.kw, r % g.kw);
+            let src = &img[ci * plane_in..][..plane_in];
+            for (oh, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
+                let ih = (oh * g.sh + i * g.dh)
+                    .checked_sub(g.pt)
+                    .filter(|&ih| ih < g.h);
+                let Some(ih) = ih else {
+                    drow.fill(0.0);
+                    continue;
+                };
+                let srow = &src[ih * g.w..][..g.w];
+                for (ow, d) in drow.iter_mut().enumerate() {
+                    let iw = (ow * g.sw + j * g.dw)
+                        .checked_sub(g.pl)
+                        .filter(|&iw| iw < g.w);
+                    let v = iw.map_or(0.0, |iw| srow[iw]);
+                    *d = if relu { v.max(0.0) } else { v };
+                }
+            }
+        }
+        let y = pointwise(&cols, 1, plane_out, wt, m, bias, false);
+        if n == 1 {
+            return y;
+        }
+        out.extend_from_slice(&y);
+    }
+    out
+}
+
 /// A pointer that may cross to a rayon worker; the caller keeps the regions disjoint.
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
@@ -878,6 +927,51 @@ mod tests {
                         .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
                 }
             }
+        }
+    }
+
+    /// Dense convolutions (the stem's 3x3, strided, dilated, 5x5, ReLU'd input) against
+    /// Burn's conv2d, batch 1 and 3.
+    #[test]
+    fn dense_matches_burn() {
+        let dev = Default::default();
+        for &(n, c, m, h, w, k, s, p, d, relu) in &[
+            (1, 3, 108, 32, 32, 3, 1, 1, 1, false),
+            (3, 3, 8, 9, 7, 3, 2, 1, 1, true),
+            (1, 4, 5, 10, 11, 5, 1, 2, 1, false),
+            (2, 2, 3, 12, 12, 3, 1, 2, 2, true),
+            (1, 5, 6, 6, 8, 2, 2, 0, 1, false),
+        ] {
+            let x = Tensor::<B, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev);
+            let wt = Tensor::<B, 4>::random([m, c, k, k], Distribution::Normal(0.0, 1.0), &dev)
+                .div_scalar(((c * k * k) as f32).sqrt());
+            let b = Tensor::<B, 1>::random([m], Distribution::Normal(0.0, 1.0), &dev);
+            let xin = if relu {
+                x.clone().clamp_min(0.0)
+            } else {
+                x.clone()
+            };
+            let opts = ConvOptions::new([s, s], [p, p], [d, d], 1);
+            let want = conv2d(xin, wt.clone(), Some(b.clone()), opts);
+            let [_, _, oh, ow] = want.dims();
+            let g = Geom {
+                c,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                sh: s,
+                sw: s,
+                dh: d,
+                dw: d,
+                pt: p,
+                pl: p,
+                oh,
+                ow,
+            };
+            let got = dense(&vec_of(x), n, &vec_of(wt), m, Some(&vec_of1(b)), &g, relu);
+            TensorData::new(got, [n, m, oh, ow])
+                .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
         }
     }
 

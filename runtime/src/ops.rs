@@ -352,7 +352,8 @@ fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
     };
     let depthwise = group == c && m == c && cg == 1;
     let pointwise = [kh, kw] == [1, 1] && pads == [0; 4] && group == 1;
-    let step = if crate::host::is_host::<B>() && (depthwise || pointwise) {
+    let dense = group == 1 && !pointwise;
+    let step = if crate::host::is_host::<B>() && (depthwise || pointwise || dense) {
         let b = bias;
         let kind = if pointwise {
             HostKind::Pointwise {
@@ -377,7 +378,11 @@ fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
                 oh,
                 ow,
             };
-            HostKind::Depthwise { w: wv, b, g }
+            if dense {
+                HostKind::Dense { w: wv, b, m, g }
+            } else {
+                HostKind::Depthwise { w: wv, b, g }
+            }
         };
         Step::HostConv {
             x,

@@ -37,6 +37,13 @@ pub(crate) enum HostKind {
         b: Option<Vec<f32>>,
         g: Geom,
     },
+    /// Group 1, any kernel: `w [m, C * kh * kw]`, `g.c` = C, output `[N, m, g.oh, g.ow]`.
+    Dense {
+        w: Vec<f32>,
+        b: Option<Vec<f32>>,
+        m: usize,
+        g: Geom,
+    },
     /// 1x1, no padding: `w [m, K]`, output `[N, m, (H - 1) / sh + 1, (W - 1) / sw + 1]`.
     Pointwise {
         w: Vec<f32>,
@@ -224,6 +231,10 @@ fn host_conv<B: Backend>(x: Tensor<B, 4>, kind: &HostKind, relu_in: bool) -> Ten
             hostconv::depthwise(xs, n, wt, b.as_deref(), g, relu_in),
             [n, c, g.oh, g.ow],
         ),
+        HostKind::Dense { w: wt, b, m, g } => (
+            hostconv::dense(xs, n, wt, *m, b.as_deref(), g, relu_in),
+            [n, *m, g.oh, g.ow],
+        ),
         HostKind::Pointwise {
             w: wt,
             b,
@@ -396,6 +407,7 @@ pub(crate) fn execute<B: Backend>(
                 Step::Conv { opts, w, .. } => format!("Conv g{} k{}", opts.groups, w.dims()[2]),
                 Step::HostConv { kind, .. } => match kind {
                     HostKind::Depthwise { g, .. } => format!("host depthwise k{}", g.kh),
+                    HostKind::Dense { g, .. } => format!("host dense k{}", g.kh),
                     HostKind::Pointwise { w, m, stride, .. } => {
                         let [n, _, h, wd] = y.dims();
                         let _ = n;
