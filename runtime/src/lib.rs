@@ -52,30 +52,26 @@ pub struct Model<B: Backend> {
     metadata: HashMap<String, String>,
     opset: i64,
     device: B::Device,
-    /// One-thread rayon pools, one per worker, on the CPU backends (see
-    /// [`SPREAD_BATCH`]); `None` on GPU backends.
+    /// One-thread rayon pools, one per core, on the CPU backends (see [`MAX_WORKERS`],
+    /// [`IMAGE_BATCH`]); `None` on GPU backends.
     pools: Option<Pools>,
     graph: plan::Graph,
 }
 
-/// Most workers the CPU backends run a model with.
+/// On the CPU backends a batch smaller than [`IMAGE_BATCH`] runs with one worker per
+/// core, at most this many, each taking whole ops on one thread (the independent ops of
+/// a cell side by side). On one 32x32 image a DARTS op is 0.3-1.3 M multiply-adds, too
+/// little to split: on a 2-core x86 (DARTS_V2 C=36 L=20) rayon inside each op took
+/// 22.8 ms per image, one thread 20.2-20.9 ms, two workers 13.7 ms (before the host
+/// kernels of this release; see the README for today's figures).
 pub const MAX_WORKERS: usize = 4;
 
-/// On the CPU backends a model runs with one worker per core (at most
-/// [`MAX_WORKERS`]), each taking whole ops on one thread (independent ops side by side);
-/// with more cores than that, batches of this size and larger run op after op instead,
-/// each op spread over all cores. On one 32x32 image a DARTS op is 0.3-1.3 M
-/// multiply-adds, too little to split: on a 2-core x86 (DARTS_V2 C=36 L=20) rayon
-/// inside each op took 22.8 ms per image, one thread 20.2-20.9 ms, two workers 13.7 ms;
-/// at batch 32 the workers took 514 ms, ops spread over both cores 593-608 ms.
-pub const SPREAD_BATCH: usize = 8;
-
-/// Batches of this size and larger run image-parallel (see
-/// [`plan::execute_images`]) on the CPU backends.
+/// On the CPU backends batches of this size and larger run image-parallel: one worker
+/// per core, each running whole images op after op on one thread, so one image's values
+/// stay in that core's cache and workers never wait for each other (DARTS_V2 C=36 L=20
+/// batch 32 on a 2-core x86: 267-288 ms, against 391-517 ms for the graph workers
+/// over the whole batch and 593-608 ms for ops spread over both cores).
 pub const IMAGE_BATCH: usize = 4;
-
-/// Images per chunk of [`plan::execute_images`].
-pub const IMAGE_CHUNK: usize = 1;
 
 /// One-thread rayon pools, one per worker.
 struct Pools(Vec<rayon::ThreadPool>);
@@ -88,7 +84,7 @@ impl std::fmt::Debug for Pools {
 
 fn one_thread_pools() -> Option<Pools> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let pools = (0..cores.min(MAX_WORKERS))
+    let pools = (0..cores)
         .map(|_| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
@@ -382,29 +378,21 @@ impl<B: Backend> Model<B> {
                 name: self.input_name.clone(),
             });
         }
+        // SPLITNAS_PROFILE=1: op after op on the calling thread, timing each kind of op
         let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();
-        let chunk = std::env::var("SPLITNAS_CHUNK")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(IMAGE_CHUNK);
         let y = match &self.pools {
             Some(Pools(pools)) if !profile && pools.len() > 1 && n >= IMAGE_BATCH => {
-                plan::execute_images(&self.plan, self.values, input, self.output, chunk, pools)
+                plan::execute_images(&self.plan, self.values, input, self.output, pools)
             }
-            Some(Pools(pools))
-                if !profile
-                    && (n < SPREAD_BATCH || rayon::current_num_threads() <= MAX_WORKERS) =>
-            {
-                plan::execute_parallel(
-                    &self.plan,
-                    &self.graph,
-                    self.values,
-                    input,
-                    self.output,
-                    n,
-                    pools,
-                )
-            }
+            Some(Pools(pools)) if !profile => plan::execute_parallel(
+                &self.plan,
+                &self.graph,
+                self.values,
+                input,
+                self.output,
+                n,
+                &pools[..pools.len().min(MAX_WORKERS)],
+            ),
             _ => plan::execute(&self.plan, self.values, input, self.output, n),
         };
         Ok(y.reshape([n, self.classes_count]))
