@@ -1,19 +1,22 @@
-//! Host-memory convolution kernels for the CPU backends (flex, ndarray): the two kinds
-//! a DARTS network is made of.
+//! Host-memory convolution and pooling kernels for the CPU backends (flex, ndarray).
+//! Each picks its SIMD build at run time from what the CPU has (`#[target_feature]`
+//! builds behind `is_x86_feature_detected!`), so the binary stays portable; other CPUs
+//! (aarch64 edge boards) run portable loops the compiler vectorizes (NEON FMA on aarch64).
 //!
-//! - **Depthwise** (`group == C_in == C_out`): per plane, every output row is swept once
-//!   per kernel tap over the output columns whose input column is inside the image, so
-//!   the inner loop is a fused multiply-add over a slice without bounds tests. Built for
-//!   AVX2 + FMA when the CPU has them (checked at run time; the binary stays portable),
-//!   and for the baseline otherwise; on aarch64 NEON FMA is the baseline.
-//! - **Pointwise** (1x1, no padding, group 1; a strided one reads a subsampled copy of
-//!   its input, [`subsample`]): one `gemm` call per image,
-//!   `out[M, HW] = W[M, K] x[K, HW] + b`, with the bias written first and accumulated
-//!   into, so no separate bias pass. A single image splits its columns over the cores.
+//! - **Window** ([`window`]: depthwise convolution, max and summing pools): each input
+//!   plane is copied once into a padded plane (ReLU applied there; a column stride `s`
+//!   stores it as `s` column phases so a tap's loads stay contiguous), then tiles of
+//!   outputs (8 AVX2 vectors: 2x32, 4x16 or 8x8) are accumulated in registers over all
+//!   taps, the kernel size fixed at compile time for 3x3 and 5x5.
+//! - **Pointwise** ([`pointwise`]: 1x1, no padding, group 1; a strided one reads a
+//!   [`subsample`]d copy): with AVX-512, tiles of 12 output channels x 32 pixels kept in
+//!   registers over all input channels, read straight from NCHW (no packing), the bias as
+//!   starting value and a fused ReLU applied on load; else one `gemm` call per image.
+//! - **Dense** ([`dense`]: group 1, any kernel, the stem): im2col, then [`pointwise`].
 //!
-//! Both may apply a ReLU to their input first (the ReLU -> conv pairs of DARTS ops are
-//! fused at load time). Batches and planes are spread over rayon's pool, the pool Burn's
-//! flex backend uses, once there is enough work to pay for it.
+//! No kernel zeroes its output first: every output is written once. Batches and planes
+//! are spread over rayon's pool once there is enough work to pay for it (inside the
+//! runtime's one-thread worker pools they stay on the worker).
 
 use rayon::prelude::*;
 
