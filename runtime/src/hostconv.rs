@@ -346,21 +346,25 @@ fn plane_best<const MODE: u8>(p: &Plane, out: &mut [Out], simd: bool) {
     }
 }
 
-/// Writes plane `x [h, w]` into the phases of `xp` (see [`Plane`]): every position at
-/// `pad`, then the image at padded row `pt`, column `pl`, ReLU'd when asked.
-fn pad_plane(x: &[f32], xp: &mut [f32], g: &Geom, (ph, pws): (usize, usize), pad: f32, relu: bool) {
-    xp.fill(pad);
-    let f = |v: f32| if relu { v.max(0.0) } else { v };
+/// Writes plane `x [h, w]` into the phases of `xp` (see [`Plane`]) at padded row `pt`,
+/// column `pl`, ReLU'd when asked. The border is not touched: `xp` is filled with the
+/// pad value once per call, and every plane writes the same interior positions.
+fn pad_plane(x: &[f32], xp: &mut [f32], g: &Geom, (ph, pws): (usize, usize), relu: bool) {
     for (r, src) in x.chunks_exact(g.w).enumerate() {
         if g.sw == 1 {
             let dst = &mut xp[(r + g.pt) * pws + g.pl..][..g.w];
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = f(v);
+            if relu {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v.max(0.0);
+                }
+            } else {
+                dst.copy_from_slice(src);
             }
         } else {
             for (col, &v) in src.iter().enumerate() {
                 let c = col + g.pl;
-                xp[((c % g.sw) * ph + r + g.pt) * pws + c / g.sw] = f(v);
+                xp[((c % g.sw) * ph + r + g.pt) * pws + c / g.sw] =
+                    if relu { v.max(0.0) } else { v };
             }
         }
     }
@@ -418,8 +422,11 @@ fn window<const MODE: u8>(
         .collect();
     let job = |xp: &mut Vec<f32>, p: usize, o: &mut [Out]| {
         let ch = p % g.c;
-        xp.resize(g.sw * ph * pws, 0.0);
-        pad_plane(&x[p * plane_in..][..plane_in], xp, g, (ph, pws), pad, relu);
+        if xp.is_empty() {
+            // the border, once per buffer: planes only overwrite the interior
+            xp.resize(g.sw * ph * pws, pad);
+        }
+        pad_plane(&x[p * plane_in..][..plane_in], xp, g, (ph, pws), relu);
         let wt = if MODE == CONV {
             &wt[ch * taps..][..taps]
         } else {
