@@ -791,6 +791,33 @@ mod tests {
         t.into_data().to_vec::<f32>().unwrap()
     }
 
+    /// A square window: kernel `k`, stride `s`, dilation `d`, padding `p` on both axes.
+    fn square(
+        c: usize,
+        [h, w]: [usize; 2],
+        k: usize,
+        s: usize,
+        d: usize,
+        p: usize,
+        [oh, ow]: [usize; 2],
+    ) -> Geom {
+        Geom {
+            c,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            sh: s,
+            sw: s,
+            dh: d,
+            dw: d,
+            pt: p,
+            pl: p,
+            oh,
+            ow,
+        }
+    }
+
     fn vec_of1(t: Tensor<B, 1>) -> Vec<f32> {
         t.into_data().to_vec::<f32>().unwrap()
     }
@@ -826,21 +853,7 @@ mod tests {
                 let opts = ConvOptions::new([s, s], [p, p], [d, d], c);
                 let want = conv2d(x.clone(), wt.clone(), Some(b.clone()), opts);
                 let [_, _, oh, ow] = want.dims();
-                let g = Geom {
-                    c,
-                    h,
-                    w,
-                    kh: k,
-                    kw: k,
-                    sh: s,
-                    sw: s,
-                    dh: d,
-                    dw: d,
-                    pt: p,
-                    pl: p,
-                    oh,
-                    ow,
-                };
+                let g = square(c, [h, w], k, s, d, p, [oh, ow]);
                 let bv = b.into_data().to_vec::<f32>().unwrap();
                 let (xv, wv) = (vec_of(x), vec_of(wt));
                 for simd in [false, true] {
@@ -964,21 +977,7 @@ mod tests {
             let opts = ConvOptions::new([s, s], [p, p], [d, d], 1);
             let want = conv2d(xin, wt.clone(), Some(b.clone()), opts);
             let [_, _, oh, ow] = want.dims();
-            let g = Geom {
-                c,
-                h,
-                w,
-                kh: k,
-                kw: k,
-                sh: s,
-                sw: s,
-                dh: d,
-                dw: d,
-                pt: p,
-                pl: p,
-                oh,
-                ow,
-            };
+            let g = square(c, [h, w], k, s, d, p, [oh, ow]);
             let got = dense(&vec_of(x), n, &vec_of(wt), m, Some(&vec_of1(b)), &g, relu);
             TensorData::new(got, [n, m, oh, ow])
                 .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
@@ -1020,21 +1019,7 @@ mod tests {
                 &dev,
             ));
             let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-            let g = Geom {
-                c,
-                h,
-                w,
-                kh: k,
-                kw: k,
-                sh: s,
-                sw: s,
-                dh: 1,
-                dw: 1,
-                pt: p,
-                pl: p,
-                oh,
-                ow,
-            };
+            let g = square(c, [h, w], k, s, 1, p, [oh, ow]);
             assert_eq!(
                 window::<MAX>(&x, 2, &[], None, &g, false, false),
                 window::<MAX>(&x, 2, &[], None, &g, false, true)

@@ -507,6 +507,26 @@ impl Drop for PanicFlag<'_> {
     }
 }
 
+/// Runs `worker` once in each pool (the first on the calling thread) and waits for all;
+/// a worker's panic is resumed here.
+fn on_pools(pools: &[rayon::ThreadPool], worker: impl Fn() + Sync) {
+    std::thread::scope(|scope| {
+        let worker = &worker;
+        let others: Vec<_> = pools[1..]
+            .iter()
+            .map(|pool| scope.spawn(move || pool.install(worker)))
+            .collect();
+        if let Some(pool) = pools.first() {
+            pool.install(worker);
+        }
+        for other in others {
+            if let Err(e) = other.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+}
+
 /// Runs the plan like [`execute`] with one worker per pool, each pool of one thread (so
 /// Burn's kernels stay on that worker): workers claim steps critical path first ([`Graph`]) and wait (spinning) for the steps that produce their inputs. Independent ops of a cell
 /// (the edges into a node, the nodes reading only the cell inputs) run side by side,
@@ -565,20 +585,7 @@ pub(crate) fn execute_parallel<B: Backend>(
             done[i].store(true, Ordering::Release);
         }
     };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = pools[1..]
-            .iter()
-            .map(|pool| scope.spawn(|| pool.install(worker)))
-            .collect();
-        if let Some(pool) = pools.first() {
-            pool.install(worker);
-        }
-        for other in others {
-            if let Err(e) = other.join() {
-                std::panic::resume_unwind(e);
-            }
-        }
-    });
+    on_pools(pools, worker);
     let y = slots[output]
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -618,20 +625,7 @@ pub(crate) fn execute_images<B: Backend>(
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
         }
     };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = pools[1..]
-            .iter()
-            .map(|pool| scope.spawn(|| pool.install(worker)))
-            .collect();
-        if let Some(pool) = pools.first() {
-            pool.install(worker);
-        }
-        for other in others {
-            if let Err(e) = other.join() {
-                std::panic::resume_unwind(e);
-            }
-        }
-    });
+    on_pools(pools, worker);
     let ys = results
         .into_iter()
         .map(|r| {
