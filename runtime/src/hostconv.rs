@@ -106,6 +106,25 @@ struct Plane<'a> {
 }
 
 impl Plane<'_> {
+    /// The kernel size: `KH` x `KW` when fixed at compile time (non-zero), else `g`'s.
+    #[inline(always)]
+    fn kernel<const KH: usize, const KW: usize>(&self) -> (usize, usize) {
+        (
+            if KH > 0 { KH } else { self.g.kh },
+            if KW > 0 { KW } else { self.g.kw },
+        )
+    }
+
+    /// An accumulator's starting value: the bias, minus infinity, or zero.
+    #[inline(always)]
+    fn start<const MODE: u8>(&self) -> f32 {
+        match MODE {
+            CONV => self.b,
+            MAX => f32::NEG_INFINITY,
+            _ => 0.0,
+        }
+    }
+
     /// Offset in `xp` of the input tap `(i, j)` reads for output `(oh, ow)`; the next
     /// output column's is the next float.
     #[inline(always)]
@@ -124,15 +143,8 @@ fn one<const MODE: u8, const FMA: bool, const KH: usize, const KW: usize>(
     ow: usize,
 ) {
     let g = p.g;
-    let (kh, kw) = (
-        if KH > 0 { KH } else { g.kh },
-        if KW > 0 { KW } else { g.kw },
-    );
-    let mut a = match MODE {
-        CONV => p.b,
-        MAX => f32::NEG_INFINITY,
-        _ => 0.0,
-    };
+    let (kh, kw) = p.kernel::<KH, KW>();
+    let mut a = p.start::<MODE>();
     for i in 0..kh {
         for j in 0..kw {
             let wv = if MODE == CONV { p.wt[i * kw + j] } else { 0.0 };
@@ -151,16 +163,9 @@ fn plane_portable<const MODE: u8, const FMA: bool, const KH: usize, const KW: us
 ) {
     const W: usize = 8;
     let g = p.g;
-    let (kh, kw) = (
-        if KH > 0 { KH } else { g.kh },
-        if KW > 0 { KW } else { g.kw },
-    );
+    let (kh, kw) = p.kernel::<KH, KW>();
     let full = g.ow / W * W;
-    let start = match MODE {
-        CONV => p.b,
-        MAX => f32::NEG_INFINITY,
-        _ => 0.0,
-    };
+    let start = p.start::<MODE>();
     for oh in 0..g.oh {
         for ow0 in (0..full).step_by(W) {
             let mut acc = [start; W];
@@ -208,15 +213,8 @@ mod avx2 {
         ow0: usize,
     ) {
         let g = p.g;
-        let (kh, kw) = (
-            if KH > 0 { KH } else { g.kh },
-            if KW > 0 { KW } else { g.kw },
-        );
-        let start = _mm256_set1_ps(match MODE {
-            CONV => p.b,
-            MAX => f32::NEG_INFINITY,
-            _ => 0.0,
-        });
+        let (kh, kw) = p.kernel::<KH, KW>();
+        let start = _mm256_set1_ps(p.start::<MODE>());
         let mut acc = [[start; NV]; R];
         let (xp, wt, cols) = (p.xp.as_ptr(), p.wt.as_ptr(), p.cols.as_ptr());
         for i in 0..kh {

@@ -393,7 +393,7 @@ impl<B: Backend> Model<B> {
                 n,
                 &pools[..pools.len().min(MAX_WORKERS)],
             ),
-            _ => plan::execute(&self.plan, self.values, input, self.output, n),
+            _ => plan::execute(&self.plan, self.values, input, self.output, n, profile),
         };
         Ok(y.reshape([n, self.classes_count]))
     }

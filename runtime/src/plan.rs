@@ -358,16 +358,17 @@ fn run_step<B: Backend>(
 }
 
 /// Runs the plan on `input` (value 0) with batch size `n`; returns value `output`.
+/// `profile`: print the time per op kind (`SPLITNAS_PROFILE=1`).
 pub(crate) fn execute<B: Backend>(
     plan: &[Planned<B>],
     values_len: usize,
     input: Tensor<B, 4>,
     output: usize,
     n: usize,
+    profile: bool,
 ) -> Tensor<B, 4> {
     let mut values: Vec<Option<Tensor<B, 4>>> = vec![None; values_len];
     values[0] = Some(input);
-    let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();
     let on_host = host::is_host::<B>();
     let mut times: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
     for p in plan {
@@ -621,7 +622,7 @@ pub(crate) fn execute_images<B: Backend>(
             }
             let x = chunks[i].clone();
             let n = x.dims()[0];
-            let y = execute(plan, values_len, x, output, n);
+            let y = execute(plan, values_len, x, output, n, false);
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
         }
     };
