@@ -25,7 +25,7 @@ pub mod zoo;
 
 pub use genotype::{CellGenotype, CellPair, Genotype, GenotypeError, Primitive};
 pub use network::{Network, NetworkConfig, NetworkError};
-pub use params::count_parameters;
+pub use params::{count_parameters, materialize};
 
 /// CPU backend used by the unit tests.
 #[cfg(test)]

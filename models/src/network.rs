@@ -143,14 +143,16 @@ impl NetworkConfig {
         let aux = self
             .auxiliary
             .then(|| AuxiliaryHead::new(c_aux, self.classes, self.image_size / 4, device));
-        Ok(Network {
+        let net = Network {
             stem_conv,
             stem_bn,
             cells,
             auxiliary: aux,
             aux_after: reductions[1],
             classifier: LinearConfig::new(c_p, self.classes).init(device),
-        })
+        };
+        crate::params::materialize(&net);
+        Ok(net)
     }
 }
 

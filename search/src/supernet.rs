@@ -246,7 +246,9 @@ impl SupernetConfig {
             proportions_normal: proportions.then(|| init([EDGES, PROPORTION_KS.len()])),
             proportions_reduce: proportions.then(|| init([EDGES, PROPORTION_KS.len()])),
         };
-        Ok(Supernet { weights, arch })
+        let net = Supernet { weights, arch };
+        splitnas_models::materialize(&net);
+        Ok(net)
     }
 }
 
@@ -536,6 +538,24 @@ pub struct Supernet<B: Backend> {
 }
 
 impl<B: Backend> Supernet<B> {
+    /// A copy whose weights are untracked: its backward pass computes architecture
+    /// gradients only.
+    pub fn with_untracked_weights(&self) -> Self {
+        Self {
+            weights: self.weights.clone().no_grad(),
+            arch: self.arch.clone(),
+        }
+    }
+
+    /// A copy whose architecture parameters are untracked: its backward pass computes
+    /// weight gradients only.
+    pub fn with_untracked_arch(&self) -> Self {
+        Self {
+            weights: self.weights.clone(),
+            arch: self.arch.clone().no_grad(),
+        }
+    }
+
     /// Logits. `rng` drives the random selector.
     ///
     /// # Shapes
