@@ -121,7 +121,7 @@ pub(crate) fn same<T: 'static, U: 'static>(value: T) -> U {
 }
 
 /// Shapes of one pooling call.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Geometry {
     planes: usize,
     h: usize,
@@ -129,25 +129,44 @@ struct Geometry {
     ho: usize,
     wo: usize,
     win: Window,
+    /// Per kernel column `dx`: the output columns `[lo, hi)` whose input column lies
+    /// inside the image, and the input column of output `lo`. Computed once per call:
+    /// recomputing them per row (two integer divisions each) cost more than the
+    /// pooling itself on 32-wide planes.
+    spans: Vec<(usize, usize, usize)>,
 }
 
 impl Geometry {
     fn new(dims: [usize; 4], win: Window) -> Self {
         let [n, c, h, w] = dims;
+        let wo = win.out_len(w);
         Self {
             planes: n * c,
             h,
             w,
             ho: win.out_len(h),
-            wo: win.out_len(w),
+            wo,
             win,
+            spans: (0..win.k)
+                .map(|dx| {
+                    let (lo, hi) = win.valid(dx, w, wo);
+                    (lo, hi, (lo * win.s + dx).saturating_sub(win.p))
+                })
+                .collect(),
         }
     }
 
     /// Max pooling of one plane; `arg` receives the flat input index of each output's
     /// maximum (the first one in row-major window order, as Burn and PyTorch pick).
     fn max_plane(&self, x: &[f32], out: &mut [f32], arg: &mut [u32]) {
-        let Geometry { h, w, wo, win, .. } = *self;
+        let Geometry {
+            h,
+            w,
+            wo,
+            win,
+            ref spans,
+            ..
+        } = *self;
         for (oh, (orow, arow)) in out.chunks_mut(wo).zip(arg.chunks_mut(wo)).enumerate() {
             orow.fill(f32::NEG_INFINITY);
             let (r0, r1) = rows(oh, win, h);
@@ -158,12 +177,10 @@ impl Geometry {
             }
             for r in r0..r1 {
                 let xrow = &x[r * w..][..w];
-                for dx in 0..win.k {
-                    let (lo, hi) = win.valid(dx, w, wo);
+                for &(lo, hi, start) in spans.iter() {
                     if lo >= hi {
                         continue;
                     }
-                    let start = lo * win.s + dx - win.p;
                     if win.s == 1 {
                         // branch-free select so the loop vectorizes (stride-1 rows are
                         // contiguous; the flat index grows by one per output)
@@ -176,7 +193,7 @@ impl Geometry {
                         }
                     } else {
                         for ow in lo..hi {
-                            let col = ow * win.s + dx - win.p;
+                            let col = start + (ow - lo) * win.s;
                             let v = xrow[col];
                             if v > orow[ow] {
                                 orow[ow] = v;
@@ -191,18 +208,23 @@ impl Geometry {
 
     /// Average pooling of one plane over the window's elements inside the image.
     fn avg_plane(&self, x: &[f32], out: &mut [f32]) {
-        let Geometry { h, w, wo, win, .. } = *self;
+        let Geometry {
+            h,
+            w,
+            wo,
+            win,
+            ref spans,
+            ..
+        } = *self;
         for (oh, orow) in out.chunks_mut(wo).enumerate() {
             orow.fill(0.0);
             let (r0, r1) = rows(oh, win, h);
             for r in r0..r1 {
                 let xrow = &x[r * w..][..w];
-                for dx in 0..win.k {
-                    let (lo, hi) = win.valid(dx, w, wo);
+                for &(lo, hi, start) in spans.iter() {
                     if lo >= hi {
                         continue;
                     }
-                    let start = lo * win.s + dx - win.p;
                     if win.s == 1 {
                         for (o, v) in orow[lo..hi].iter_mut().zip(&xrow[start..]) {
                             *o += v;
@@ -227,7 +249,14 @@ impl Geometry {
     /// Average-pooling gradient of one plane: each output's gradient, divided by
     /// its window's element count, added to every element of the window.
     fn avg_grad_plane(&self, g: &[f32], gx: &mut [f32]) {
-        let Geometry { h, w, wo, win, .. } = *self;
+        let Geometry {
+            h,
+            w,
+            wo,
+            win,
+            ref spans,
+            ..
+        } = *self;
         gx.fill(0.0);
         let mut share = vec![0f32; wo];
         for (oh, grow) in g.chunks(wo).enumerate() {
@@ -238,10 +267,9 @@ impl Geometry {
             }
             for r in r0..r1 {
                 let xrow = &mut gx[r * w..][..w];
-                for dx in 0..win.k {
-                    let (lo, hi) = win.valid(dx, w, wo);
+                for &(lo, hi, start) in spans.iter() {
                     for ow in lo..hi {
-                        xrow[ow * win.s + dx - win.p] += share[ow];
+                        xrow[start + (ow - lo) * win.s] += share[ow];
                     }
                 }
             }
