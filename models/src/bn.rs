@@ -147,6 +147,13 @@ impl<B: Backend> BatchNorm2d<B> {
             .add(var.detach().mul_scalar(m * unbias));
         self.running_mean.update(new_mean.detach());
         self.running_var.update(new_var.detach());
+        // Burn keeps an update per thread until the next read from the same thread, and
+        // then averages the threads' values; a layer the search runs on a pool thread
+        // (a different one from step to step) would read stale statistics and have them
+        // averaged with another thread's. Folding the update in at once keeps one value,
+        // whichever thread runs the layer.
+        let _ = self.running_mean.value_sync();
+        let _ = self.running_var.value_sync();
         y
     }
 }
@@ -187,6 +194,27 @@ mod tests {
         let rv: Vec<f32> = valid.running_var.value().into_data().to_vec().unwrap();
         assert!((rm[0] - 0.25).abs() < 1e-6);
         assert!((rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6);
+    }
+
+    /// Two training batches run on two different threads: the running mean is the
+    /// written-out momentum recursion, not an average of per-thread values.
+    #[test]
+    fn running_stats_do_not_depend_on_the_thread() {
+        let device = Default::default();
+        let bn = BatchNorm2dConfig::new(1).init::<TestBackend>(&device);
+        let batch = |v: f32| Tensor::from_data(TensorData::new(vec![v; 4], [1, 1, 2, 2]), &device);
+        let train = |v: f32| {
+            let bn = bn.clone();
+            let x = batch(v);
+            std::thread::spawn(move || drop(bn.forward_train(x)))
+                .join()
+                .unwrap()
+        };
+        train(1.0);
+        train(3.0);
+        // 0 -> 0.9 * 0 + 0.1 * 1 = 0.1 -> 0.9 * 0.1 + 0.1 * 3 = 0.39
+        let rm: Vec<f32> = bn.running_mean.value().into_data().to_vec().unwrap();
+        assert!((rm[0] - 0.39).abs() < 1e-6, "running mean {}", rm[0]);
     }
 
     #[test]

@@ -32,9 +32,10 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
-use splitnas_models::fastselect::{merge_channels, select_channels};
+use splitnas_models::fastselect::{merge_channels, on_host, select_channels};
 use splitnas_models::ops::Op;
 use splitnas_models::Primitive;
 
@@ -201,10 +202,22 @@ impl<B: Backend> Branch<B> {
             Some(sru) => sru.forward(x),
             None => x,
         };
+        // On the CPU backends the operations run side by side on the thread pool: with
+        // the channel split each one is too small to keep both cores busy by itself.
+        // The autodiff graph is built under Burn's lock and its backward order follows
+        // the graph, not the threads, so results do not depend on the scheduling.
+        let ys: Vec<Tensor<B, 4>> = if on_host::<B>() {
+            self.ops
+                .par_iter()
+                .map(|op| op.forward(x.clone()))
+                .collect()
+        } else {
+            self.ops.iter().map(|op| op.forward(x.clone())).collect()
+        };
         let mut sum: Option<Tensor<B, 4>> = None;
-        for (i, op) in self.ops.iter().enumerate() {
+        for (i, y) in ys.into_iter().enumerate() {
             let wi = weights.clone().slice([i + 1..i + 2]).reshape([1, 1, 1, 1]);
-            let y = op.forward(x.clone()).mul(wi);
+            let y = y.mul(wi);
             sum = Some(match sum {
                 Some(s) => s.add(y),
                 None => y,
