@@ -729,6 +729,13 @@ fn run_quickstart(a: QuickstartArgs) -> Result<()> {
     Ok(())
 }
 
+/// Every timed step (the spread shows a noisy machine), then the contract line.
+fn print_bench(r: &splitnas_search::bench::BenchResult) {
+    let each: Vec<String> = r.times.iter().map(|t| format!("{t:.4}")).collect();
+    println!("steps_s={}", each.join(","));
+    println!("step_s={:.4} images_per_s={:.1}", r.step_s, r.images_per_s);
+}
+
 /// `mi_option_purge_delay` (the same index in mimalloc v2 and v3 headers).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -869,8 +876,7 @@ fn real_main() -> Result<()> {
                 steps,
                 seed,
             };
-            let r = bench_search(device(&d)?, &o)?;
-            println!("step_s={:.4} images_per_s={:.1}", r.step_s, r.images_per_s);
+            print_bench(&bench_search(device(&d)?, &o)?);
             Ok(())
         }
         Some(Command::Bench(BenchCmd::Train {
@@ -898,7 +904,7 @@ fn real_main() -> Result<()> {
             if r.step_s <= 0.0 {
                 bail!("benchmark measured no time");
             }
-            println!("step_s={:.4} images_per_s={:.1}", r.step_s, r.images_per_s);
+            print_bench(&r);
             Ok(())
         }
     }

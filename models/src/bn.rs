@@ -8,7 +8,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// Configuration of [`BatchNorm2d`].
 #[derive(Config, Debug)]
@@ -111,28 +111,24 @@ impl<B: Backend> BatchNorm2d<B> {
     fn forward_train(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let count = n * h * w;
-        // Reductions over the innermost axis, then over the batch: both stay on the
-        // CPU backends' contiguous fast paths (a swap_dims copy cost more than BN itself).
-        let channel_mean = |t: Tensor<B, 4>| {
-            t.reshape([n, c, h * w])
-                .sum_dim(2)
-                .sum_dim(0)
-                .reshape([c])
-                .div_scalar(count as f64)
+        let device = x.device();
+        let gamma = self.gamma.as_ref().map(|g| g.val());
+        let beta = self.beta.as_ref().map(|b| b.val());
+        // One autodiff step with host kernels on the CPU backends; the tensor formula
+        // elsewhere.
+        let (y, mean, var) = match crate::fastbn::batch_norm_train(
+            x.clone(),
+            gamma.clone(),
+            beta.clone(),
+            self.epsilon,
+        ) {
+            Some((y, mean, var)) => (
+                y,
+                Tensor::<B, 1>::from_data(TensorData::new(mean, [c]), &device),
+                Tensor::<B, 1>::from_data(TensorData::new(var, [c]), &device),
+            ),
+            None => self.formula(x, gamma, beta),
         };
-        let mean = channel_mean(x.clone()); // [c]
-        let centered = x.sub(per_sample(mean.clone().reshape([1, c, 1, 1]), n));
-        let var = channel_mean(centered.clone().square()); // biased, [c]
-        let mut scale = var.clone().add_scalar(self.epsilon).sqrt().recip();
-        if let Some(g) = &self.gamma {
-            scale = scale.mul(g.val());
-        }
-        let mut y = centered.mul(per_sample(scale.reshape([1, c, 1, 1]), n));
-        if let Some(b) = &self.beta {
-            y = y.add(per_sample(b.val().reshape([1, c, 1, 1]), n));
-        }
-
-        let device = mean.device();
         let unbias = if count > 1 {
             count as f64 / (count as f64 - 1.0)
         } else {
@@ -155,6 +151,38 @@ impl<B: Backend> BatchNorm2d<B> {
         let _ = self.running_mean.value_sync();
         let _ = self.running_var.value_sync();
         y
+    }
+
+    /// Training BN written with tensor operations: output, batch mean, biased variance.
+    fn formula(
+        &self,
+        x: Tensor<B, 4>,
+        gamma: Option<Tensor<B, 1>>,
+        beta: Option<Tensor<B, 1>>,
+    ) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
+        let [n, c, h, w] = x.dims();
+        let count = n * h * w;
+        // Reductions over the innermost axis, then over the batch: both stay on the
+        // CPU backends' contiguous fast paths (a swap_dims copy cost more than BN itself).
+        let channel_mean = |t: Tensor<B, 4>| {
+            t.reshape([n, c, h * w])
+                .sum_dim(2)
+                .sum_dim(0)
+                .reshape([c])
+                .div_scalar(count as f64)
+        };
+        let mean = channel_mean(x.clone()); // [c]
+        let centered = x.sub(per_sample(mean.clone().reshape([1, c, 1, 1]), n));
+        let var = channel_mean(centered.clone().square()); // biased, [c]
+        let mut scale = var.clone().add_scalar(self.epsilon).sqrt().recip();
+        if let Some(g) = gamma {
+            scale = scale.mul(g);
+        }
+        let mut y = centered.mul(per_sample(scale.reshape([1, c, 1, 1]), n));
+        if let Some(b) = beta {
+            y = y.add(per_sample(b.reshape([1, c, 1, 1]), n));
+        }
+        (y, mean, var)
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod bn;
 pub mod cell;
 pub mod draw;
+pub mod fastbn;
 pub mod fastconv;
 pub mod fastpool;
 pub mod fastselect;

@@ -41,6 +41,21 @@ pub struct BenchResult {
     pub step_s: f64,
     /// Images per second at the median.
     pub images_per_s: f64,
+    /// Seconds of every timed step, in the order they ran.
+    pub times: Vec<f64>,
+}
+
+impl BenchResult {
+    fn from_times(times: Vec<f64>, images: usize) -> Self {
+        let mut sorted = times.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let step_s = sorted[sorted.len() / 2];
+        BenchResult {
+            step_s,
+            images_per_s: images as f64 / step_s,
+            times,
+        }
+    }
 }
 
 /// Times full training steps (forward, backward, clip, SGD) on synthetic data.
@@ -97,12 +112,7 @@ fn bench_train_on<B: AutodiffBackend>(
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let step_s = times[times.len() / 2];
-    Ok(BenchResult {
-        step_s,
-        images_per_s: n as f64 / step_s,
-    })
+    Ok(BenchResult::from_times(times, n))
 }
 
 /// `splitnas bench search-step` options.
@@ -204,10 +214,5 @@ fn bench_search_on<B: AutodiffBackend>(
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let step_s = times[times.len() / 2];
-    Ok(BenchResult {
-        step_s,
-        images_per_s: n as f64 / step_s,
-    })
+    Ok(BenchResult::from_times(times, n))
 }
