@@ -29,7 +29,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::fastpool::{host, same};
+use crate::fastpool::{same, HostFloats};
 
 /// Below this many elements one thread does the whole layer (the pool's hand-off costs
 /// more than it saves).
@@ -56,7 +56,7 @@ pub fn batch_norm_train<B: Backend>(
     if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
         let device = x.device();
         let dims = x.dims();
-        let xs = host(x);
+        let xs = HostFloats::new(x);
         let (gamma, beta) = (gamma.map(host1), beta.map(host1));
         let (out, stats) = forward(&xs, dims, gamma.as_deref(), beta.as_deref(), epsilon);
         let y = Tensor::from_data(TensorData::new(out, dims), &device);
@@ -168,10 +168,10 @@ fn forward(
 }
 
 /// What the backward step keeps: the input on the host, its statistics and gamma.
-#[derive(Clone, Debug)]
-struct BnState {
+#[derive(Debug)]
+struct BnState<I: Backend> {
     dims: [usize; 4],
-    xs: Arc<Vec<f32>>,
+    xs: Arc<HostFloats<I>>,
     stats: Arc<Stats>,
     gamma: Option<Arc<Vec<f32>>>,
 }
@@ -179,8 +179,19 @@ struct BnState {
 #[derive(Debug)]
 struct BnBackward;
 
+impl<I: Backend> Clone for BnState<I> {
+    fn clone(&self) -> Self {
+        Self {
+            dims: self.dims,
+            xs: self.xs.clone(),
+            stats: self.stats.clone(),
+            gamma: self.gamma.clone(),
+        }
+    }
+}
+
 impl<I: Backend> Backward<I, 3> for BnBackward {
-    type State = BnState;
+    type State = BnState<I>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
@@ -199,7 +210,7 @@ impl<I: Backend> Backward<I, 3> for BnBackward {
         let [n, c, h, w] = dims;
         let hw = h * w;
         let count = (n * hw) as f64;
-        let gs = host(grad);
+        let gs = HostFloats::new(grad);
         let at = |ni: usize, ci: usize| (ni * c + ci) * hw..(ni * c + ci) * hw + hw;
         // Per channel: sum(g) and sum(g * x_hat).
         let sums: Vec<(f64, f64)> = per_channel(c, gs.len(), |ci| {
@@ -285,7 +296,7 @@ fn bn_autodiff<I: Backend>(
         .into_primitive()
         .tensor();
     let inner = Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(xp.primitive.clone()));
-    let xs = host(inner);
+    let xs = HostFloats::new(inner);
     let (out, s) = forward(
         &xs,
         dims,

@@ -113,12 +113,26 @@ impl<I: Backend> Backward<I, 2> for FastConv2d {
         let (x_state, w_state, options) = ops.state;
         let x = float::<I>(checkpointer.retrieve_node_output(x_state));
         let w = float::<I>(checkpointer.retrieve_node_output(w_state));
-        if let Some(node) = node_x {
-            let gx = input_grad(&x.dims(), w.clone(), grad.clone(), &options);
+        // The two gradients are independent: on the pool side by side (the backward pass
+        // otherwise runs one step at a time on one thread).
+        let x_dims = x.dims();
+        let w_dims = w.dims();
+        let (gx, gw) = rayon::join(
+            || {
+                node_x
+                    .is_some()
+                    .then(|| input_grad(&x_dims, w, grad.clone(), &options))
+            },
+            || {
+                node_w
+                    .is_some()
+                    .then(|| weight_grad(x, &w_dims, grad.clone(), &options))
+            },
+        );
+        if let (Some(node), Some(gx)) = (node_x, gx) {
             grads.register::<I>(node.id, gx.into_primitive().tensor());
         }
-        if let Some(node) = node_w {
-            let gw = weight_grad(x, &w.dims(), grad, &options);
+        if let (Some(node), Some(gw)) = (node_w, gw) {
             grads.register::<I>(node.id, gw.into_primitive().tensor());
         }
     }

@@ -329,25 +329,77 @@ fn for_planes<T: Send>(
         run(0, out, extra);
         return;
     }
-    std::thread::scope(|scope| {
-        let mut extra_chunks: Vec<&mut [T]> = if extra_len == 0 {
-            (0..threads).map(|_| &mut [][..]).collect()
-        } else {
-            extra.chunks_mut(per * extra_len).collect()
-        };
-        for (t, chunk) in out.chunks_mut(per * out_len).enumerate() {
-            let e = std::mem::take(&mut extra_chunks[t]);
-            let run = &run;
-            scope.spawn(move || run(t * per, chunk, e));
-        }
-    });
+    // On the rayon pool: the calls often come from pool threads already (an edge's
+    // operations run side by side), where spawning threads would oversubscribe the cores.
+    use rayon::prelude::*;
+    let mut extra_chunks: Vec<&mut [T]> = if extra_len == 0 {
+        (0..threads).map(|_| &mut [][..]).collect()
+    } else {
+        extra.chunks_mut(per * extra_len).collect()
+    };
+    let chunks: Vec<(usize, &mut [f32], &mut [T])> = out
+        .chunks_mut(per * out_len)
+        .enumerate()
+        .map(|(t, chunk)| (t, chunk, std::mem::take(&mut extra_chunks[t])))
+        .collect();
+    chunks
+        .into_par_iter()
+        .for_each(|(t, chunk, e)| run(t * per, chunk, e));
 }
 
-pub(crate) fn host<B: Backend>(x: Tensor<B, 4>) -> Vec<f32> {
-    x.into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("float tensor data")
+/// The floats of a tensor in row-major order: read in place from a contiguous f32 flex
+/// tensor (the tensor is kept alive, not copied), else a host copy. `into_data` on a
+/// tensor another node still holds copied it twice (once to bytes, once more to align
+/// them), a tenth of a search step.
+pub(crate) struct HostFloats<B: Backend> {
+    held: Option<(B::FloatTensorPrimitive, usize, usize)>,
+    copy: Vec<f32>,
+}
+
+impl<B: Backend> HostFloats<B> {
+    pub(crate) fn new<const D: usize>(t: Tensor<B, D>) -> Self {
+        let prim = t.into_primitive().tensor();
+        if let Some(ft) = (&prim as &dyn Any).downcast_ref::<burn_flex::FlexTensor>() {
+            if ft.dtype() == burn::tensor::DType::F32 {
+                if let Some((start, end)) = ft.layout().contiguous_offsets() {
+                    if ft.storage::<f32>().get(start..end).is_some() {
+                        return Self {
+                            held: Some((prim, start, end)),
+                            copy: Vec::new(),
+                        };
+                    }
+                }
+            }
+        }
+        let copy = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(prim))
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("float tensor data");
+        Self { held: None, copy }
+    }
+}
+
+impl<B: Backend> std::ops::Deref for HostFloats<B> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &self.held {
+            Some((prim, start, end)) => {
+                let ft = (prim as &dyn Any)
+                    .downcast_ref::<burn_flex::FlexTensor>()
+                    .expect("held only for flex tensors");
+                &ft.storage::<f32>()[*start..*end]
+            }
+            None => &self.copy,
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for HostFloats<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostFloats({} values)", self.len())
+    }
 }
 
 /// Forward kernel on host memory; the max-pool argmax comes back for the backward pass.
@@ -355,7 +407,7 @@ fn pool_forward<B: Backend>(x: Tensor<B, 4>, win: Window, kind: Kind) -> (Tensor
     let device = x.device();
     let dims = x.dims();
     let g = Geometry::new(dims, win);
-    let xs = host(x);
+    let xs = HostFloats::new(x);
     let (in_len, out_len) = (g.h * g.w, g.ho * g.wo);
     let mut out = vec![0f32; g.planes * out_len];
     let mut arg: Vec<u32> = Vec::new();
@@ -405,7 +457,7 @@ impl<I: Backend> Backward<I, 1> for PoolBackward {
         let (dims, win, kind, arg) = ops.state;
         let device = grad.device();
         let g = Geometry::new(dims, win);
-        let gs = host(grad);
+        let gs = HostFloats::new(grad);
         let (in_len, out_len) = (g.h * g.w, g.ho * g.wo);
         let mut gx = vec![0f32; g.planes * in_len];
         match kind {
@@ -551,5 +603,26 @@ mod tests {
         fast.into_data()
             .assert_approx_eq::<f32>(&burn.into_data(), Tolerance::absolute(1e-6));
         assert!(!Window::new(3, 1, 2).supported(5, 5));
+    }
+
+    /// In-place reads (whole tensor, a narrowed batch at an offset) and copies (a strided
+    /// channel slice, NdArray) give the values `into_data` gives.
+    #[test]
+    fn host_floats_read_views_like_into_data() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::random([3, 4, 5, 6], Distribution::Default, &device);
+        let check = |t: Tensor<Flex, 4>, in_place: bool| {
+            let want: Vec<f32> = t.clone().into_data().to_vec().unwrap();
+            let h = HostFloats::new(t);
+            assert_eq!(h.held.is_some(), in_place);
+            assert_eq!(&h[..], &want[..]);
+        };
+        check(x.clone(), true);
+        check(x.clone().slice([1..3, 0..4, 0..5, 0..6]), true);
+        check(x.clone().slice([0..3, 1..3, 0..5, 0..6]), false);
+        let nd = Tensor::<NdArray, 4>::from_data(x.clone().into_data(), &Default::default());
+        let h = HostFloats::new(nd);
+        assert!(h.held.is_none());
+        assert_eq!(&h[..], &x.into_data().to_vec::<f32>().unwrap()[..]);
     }
 }

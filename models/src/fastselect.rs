@@ -27,7 +27,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use std::any::TypeId;
 
-use crate::fastpool::{host, same};
+use crate::fastpool::{same, HostFloats};
 
 /// `x.select(1, index)`: output channel `j` is input channel `index[j]`.
 ///
@@ -124,7 +124,7 @@ fn subsample_forward<B: Backend>(x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4>
     if out_dims.iter().product::<usize>() == 0 {
         return Tensor::zeros(out_dims, &device);
     }
-    let xs = host(x);
+    let xs = HostFloats::new(x);
     let mut out = Vec::with_capacity(out_dims.iter().product());
     for plane in xs.chunks_exact(h * w) {
         for i in 0..ho {
@@ -153,7 +153,7 @@ impl<I: Backend> Backward<I, 1> for SubsampleBackward {
         let device = grad.device();
         let mut gx = vec![0f32; dims.iter().product()];
         if ho * wo > 0 {
-            let gs = host(grad);
+            let gs = HostFloats::new(grad);
             for (plane, g) in gx.chunks_exact_mut(h * w).zip(gs.chunks_exact(ho * wo)) {
                 for (i, g) in g.chunks_exact(wo).enumerate() {
                     let row = &mut plane[(offset + 2 * i) * w..][..w];
@@ -261,7 +261,7 @@ fn select_forward<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> 
     if n * c * plane == 0 || index.is_empty() {
         return Tensor::zeros([n, index.len(), h, w], &device);
     }
-    let xs = host(x);
+    let xs = HostFloats::new(x);
     let mut out = Vec::with_capacity(n * index.len() * plane);
     for sample in xs.chunks_exact(c * plane) {
         for &i in index {
@@ -287,7 +287,7 @@ fn merge_forward<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>, index: &[usize]) 
             select_forward(a, index)
         };
     }
-    let (xa, xb) = (host(a), host(b));
+    let (xa, xb) = (HostFloats::new(a), HostFloats::new(b));
     let mut out = Vec::with_capacity(n * index.len() * plane);
     for (sa, sb) in xa.chunks_exact(ca * plane).zip(xb.chunks_exact(cb * plane)) {
         for &i in index {
@@ -347,7 +347,7 @@ impl<I: Backend> Backward<I, 2> for MergeBackward {
         }
         let (da, db, index) = ops.state;
         let device = grad.device();
-        let gs = host(grad);
+        let gs = HostFloats::new(grad);
         for (node, dims, offset) in [(node_a, da, 0), (node_b, db, da[1])] {
             if let Some(node) = node {
                 let gx = scatter_planes(&gs, &index, dims, offset);
@@ -402,7 +402,7 @@ impl<I: Backend> Backward<I, 1> for SelectBackward {
         let Some(node) = node else { return };
         let (dims, index) = ops.state;
         let device = grad.device();
-        let gs = host(grad);
+        let gs = HostFloats::new(grad);
         let gx = scatter_planes(&gs, &index, dims, 0);
         let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
         grads.register::<I>(node.id, gx.into_primitive().tensor());
