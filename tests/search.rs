@@ -445,7 +445,7 @@ fn search_step_benchmark_prints_its_figures() {
             "--image-size",
             "16",
             "--steps",
-            "1",
+            "3",
         ],
         &[],
     );
@@ -455,4 +455,19 @@ fn search_step_benchmark_prints_its_figures() {
         last.starts_with("step_s=") && last.contains(" images_per_s="),
         "{last}"
     );
+    // Every timed step on the line before, and the contract line's figure is their median.
+    let each = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("steps_s="))
+        .unwrap_or_else(|| panic!("no steps_s line: {stdout}"));
+    let mut times: Vec<f64> = each.split(',').map(|t| t.parse().unwrap()).collect();
+    assert_eq!(times.len(), 3, "{each}");
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median: f64 = last["step_s=".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((median - times[1]).abs() < 1e-4, "{median} vs {times:?}");
 }
