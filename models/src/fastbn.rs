@@ -57,19 +57,13 @@ pub fn batch_norm_train<B: Backend>(
         let device = x.device();
         let dims = x.dims();
         let xs = HostFloats::new(x);
-        let (gamma, beta) = (gamma.map(host1), beta.map(host1));
+        let floats = |t: Tensor<B, 1>| HostFloats::new(t).to_vec();
+        let (gamma, beta) = (gamma.map(floats), beta.map(floats));
         let (out, stats) = forward(&xs, dims, gamma.as_deref(), beta.as_deref(), epsilon);
         let y = Tensor::from_data(TensorData::new(out, dims), &device);
         return Some((y, stats.mean, stats.var));
     }
     None
-}
-
-fn host1<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("float tensor data")
 }
 
 /// Per-channel batch statistics.
@@ -285,8 +279,8 @@ fn bn_autodiff<I: Backend>(
     // Absent gamma / beta take part as untracked constants (one and zero), so the step
     // always has the same three parents.
     let c = dims[1];
-    let gamma_host = gamma.clone().map(|g| host1(g.inner()));
-    let beta_host = beta.clone().map(|b| host1(b.inner()));
+    let gamma_host = gamma.clone().map(|g| HostFloats::new(g.inner()).to_vec());
+    let beta_host = beta.clone().map(|b| HostFloats::new(b.inner()).to_vec());
     let gp = gamma
         .unwrap_or_else(|| Tensor::ones([c], &device))
         .into_primitive()
