@@ -78,19 +78,7 @@ struct Stats {
 
 /// Sum over a plane, vectorized in eight f32 lanes, totalled in f64.
 fn plane_sum(p: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut acc = [0f32; 8];
-    let chunks = p.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v);
-        }
-    }
-    let mut total: f64 = rest.iter().map(|&v| f(v) as f64).sum();
-    for a in acc {
-        total += a as f64;
-    }
-    total
+    plane_sum_pair(p, p, |v, _| f(v))
 }
 
 /// Runs `f(channel)` for every channel, on the pool when the layer is large.

@@ -305,9 +305,7 @@ fn for_planes<T: Send>(
     let threads = if work < 1 << 16 {
         1
     } else {
-        std::thread::available_parallelism()
-            .map_or(1, |t| t.get())
-            .min(planes)
+        rayon::current_num_threads().min(planes)
     };
     let per = planes.div_ceil(threads.max(1)).max(1);
     let run = |first: usize, out: &mut [f32], extra: &mut [T]| {
