@@ -35,6 +35,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorPrimitive};
 
+use crate::fastpool::HostFloats;
+
 /// The forward pass of `conv` on `x`, with the fast backward where available.
 pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let padding = match conv.padding {
@@ -284,7 +286,7 @@ fn weight_grad<I: Backend>(
 
 /// Depthwise weight gradient, `gw[c, i, j] = sum_{n, oh, ow} x[n, c, oh*s + i*d - p,
 /// ow*s + j*d - p] * grad[n, c, oh, ow]`, computed directly on host memory (this
-/// path only serves the CPU backends), channels split over the available cores.
+/// path only serves the CPU backends), channels split over rayon's pool.
 /// As a convolution it would have the whole output map as kernel, which flex
 /// runs 5x slower than this loop.
 fn depthwise_weight_grad<I: Backend>(
@@ -298,17 +300,9 @@ fn depthwise_weight_grad<I: Backend>(
     let device = x.device();
     let [n, c, h, w] = x.dims();
     let [_, _, ho, wo] = grad.dims();
-    let xs: Vec<f32> = x.into_data().convert::<f32>().into_vec().expect("f32 data");
-    let gs: Vec<f32> = grad
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("f32 data");
+    let xs = HostFloats::new(x);
+    let gs = HostFloats::new(grad);
     let mut out = vec![0f32; c * k * k];
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(c);
-    let per = c.div_ceil(threads);
     let geometry = Geometry {
         n,
         c,
@@ -321,16 +315,12 @@ fn depthwise_weight_grad<I: Backend>(
         p,
         d,
     };
-    std::thread::scope(|scope| {
-        for (t, chunk) in out.chunks_mut(per * k * k).enumerate() {
-            let (xs, gs, geometry) = (&xs, &gs, &geometry);
-            scope.spawn(move || {
-                for (local, acc) in chunk.chunks_mut(k * k).enumerate() {
-                    geometry.channel(t * per + local, xs, gs, acc);
-                }
-            });
-        }
-    });
+    // On the rayon pool: this runs inside the backward pass, often beside the input
+    // gradient (`rayon::join`), where spawning threads per call would oversubscribe.
+    use rayon::prelude::*;
+    out.par_chunks_mut(k * k)
+        .enumerate()
+        .for_each(|(ci, acc)| geometry.channel(ci, &xs, &gs, acc));
     Tensor::from_data(burn::tensor::TensorData::new(out, [c, 1, k, k]), &device)
 }
 

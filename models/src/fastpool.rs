@@ -120,6 +120,20 @@ pub(crate) fn same<T: 'static, U: 'static>(value: T) -> U {
         .expect("caller checked the TypeIds are equal")
 }
 
+/// The running maximum and its index after seeing value `v` at index `i`: `(v, i)` when
+/// `v > o`, else `(o, a)` (the earlier index wins ties; NaN never replaces). Written as
+/// bit masks with unconditional results so the row loops vectorize: as `if`s the
+/// compiler emitted one conditional store per lane, and max pooling took five times as
+/// long as average pooling on the same windows.
+#[inline(always)]
+fn keep_max(o: f32, a: u32, v: f32, i: u32) -> (f32, u32) {
+    let m = 0u32.wrapping_sub((v > o) as u32);
+    (
+        f32::from_bits((o.to_bits() & !m) | (v.to_bits() & m)),
+        (a & !m) | (i & m),
+    )
+}
+
 /// Shapes of one pooling call.
 #[derive(Clone, Debug)]
 struct Geometry {
@@ -187,18 +201,15 @@ impl Geometry {
                         let first = (r * w + start) as u32;
                         let outs = orow[lo..hi].iter_mut().zip(arow[lo..hi].iter_mut());
                         for ((o, a), (&v, i)) in outs.zip(xrow[start..].iter().zip(first..)) {
-                            let gt = v > *o;
-                            *o = if gt { v } else { *o };
-                            *a = if gt { i } else { *a };
+                            (*o, *a) = keep_max(*o, *a, v, i);
                         }
                     } else {
-                        for ow in lo..hi {
-                            let col = start + (ow - lo) * win.s;
-                            let v = xrow[col];
-                            if v > orow[ow] {
-                                orow[ow] = v;
-                                arow[ow] = (r * w + col) as u32;
-                            }
+                        let first = (r * w + start) as u32;
+                        let outs = orow[lo..hi].iter_mut().zip(arow[lo..hi].iter_mut());
+                        let ins = xrow[start..].iter().step_by(win.s);
+                        let idx = (first..).step_by(win.s);
+                        for ((o, a), (&v, i)) in outs.zip(ins.zip(idx)) {
+                            (*o, *a) = keep_max(*o, *a, v, i);
                         }
                     }
                 }
