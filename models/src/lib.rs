@@ -16,6 +16,7 @@ pub mod fastbn;
 pub mod fastconv;
 pub mod fastpool;
 pub mod fastselect;
+pub mod fastsum;
 pub mod genotype;
 pub mod graph;
 pub mod network;

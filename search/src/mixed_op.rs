@@ -36,6 +36,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
 use splitnas_models::fastselect::{merge_channels, on_host, select_channels};
+use splitnas_models::fastsum::weighted_sum;
 use splitnas_models::ops::Op;
 use splitnas_models::Primitive;
 
@@ -214,17 +215,13 @@ impl<B: Backend> Branch<B> {
         } else {
             self.ops.iter().map(|op| op.forward(x.clone())).collect()
         };
-        let mut sum: Option<Tensor<B, 4>> = None;
-        for (i, y) in ys.into_iter().enumerate() {
-            let wi = weights.clone().slice([i + 1..i + 2]).reshape([1, 1, 1, 1]);
-            let y = y.mul(wi);
-            sum = Some(match sum {
-                Some(s) => s.add(y),
-                None => y,
-            });
+        if ys.is_empty() {
+            return x;
         }
-        // `ops` always holds the 7 non-`none` operations.
-        sum.unwrap_or(x)
+        // `weights[0]` is `none`'s: the operations' weights start at 1. One step on the
+        // CPU backends (`models::fastsum`) instead of 7 slices, products and 6 sums.
+        let m = ys.len();
+        weighted_sum(ys, weights.slice([1..1 + m]))
     }
 }
 

@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use splitnas_models::bn::{BatchNorm2d, BatchNorm2dConfig};
 use splitnas_models::cell::{Cell, CellShape, Preprocess, Shortcut};
 use splitnas_models::fastconv::conv_forward;
+use splitnas_models::fastsum::weighted_sum;
 use splitnas_models::network::reduction_layers;
 use splitnas_models::ops::{conv, ReluConvBn};
 use splitnas_models::{CellGenotype, CellPair, Genotype, Primitive};
@@ -323,23 +324,26 @@ impl<B: Backend> SearchCell<B> {
             self.preprocess1.forward(s1.clone()),
         ];
         for i in 0..NODES {
-            let mut sum: Option<Tensor<B, 4>> = None;
-            for (input, e) in node_edges(i).enumerate() {
-                let a = w.alphas.clone().slice([e..e + 1, 0..OPS]).reshape([OPS]);
-                let p = w.proportions.as_ref().map(|p| {
-                    let k = p.dims()[1];
-                    p.clone().slice([e..e + 1, 0..k]).reshape([k])
-                });
-                let mut h = self.edges[e].forward_mixed(states[input].clone(), a, p, rng);
-                if let Some(b) = &w.betas {
-                    h = h.mul(b.clone().slice([e..e + 1]).reshape([1, 1, 1, 1]));
-                }
-                sum = Some(match sum {
-                    Some(s) => s.add(h),
-                    None => h,
-                });
-            }
-            if let Some(s) = sum {
+            let edges = node_edges(i);
+            let hs: Vec<Tensor<B, 4>> = edges
+                .clone()
+                .enumerate()
+                .map(|(input, e)| {
+                    let a = w.alphas.clone().slice([e..e + 1, 0..OPS]).reshape([OPS]);
+                    let p = w.proportions.as_ref().map(|p| {
+                        let k = p.dims()[1];
+                        p.clone().slice([e..e + 1, 0..k]).reshape([k])
+                    });
+                    self.edges[e].forward_mixed(states[input].clone(), a, p, rng)
+                })
+                .collect();
+            // The node is the sum of its edges, each weighted by its beta when edge
+            // normalization is on (one step on the CPU backends, `models::fastsum`).
+            let node = match &w.betas {
+                Some(b) => Some(weighted_sum(hs, b.clone().slice([edges]))),
+                None => hs.into_iter().reduce(|s, h| s.add(h)),
+            };
+            if let Some(s) = node {
                 states.push(s);
             }
         }
