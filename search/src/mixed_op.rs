@@ -242,6 +242,51 @@ pub struct MixedOp<B: Backend> {
     pub attention: Option<ChannelAttention<B>>,
 }
 
+/// An edge's input, with what the edges leaving the same state share. Under the `split`
+/// selector every such edge selects the same first C/K channels and, on stride-2 edges,
+/// pools the same bypassed ones, so a cell computes both once per state (through
+/// [`MixedOp::forward_shared`]) instead of once per edge: 4 edges leave each cell input,
+/// and the 8 stride-2 edges of a reduction cell pool 3/4 of their input's channels.
+/// Gradients of a shared part add up over its edges as for any tensor used twice.
+#[derive(Debug)]
+pub struct EdgeInput<B: Backend> {
+    x: Tensor<B, 4>,
+    /// Per (partial factor, stride): the selected channels and the pooled bypass.
+    split: Vec<(usize, usize, Tensor<B, 4>, Option<Tensor<B, 4>>)>,
+}
+
+impl<B: Backend> EdgeInput<B> {
+    /// The state `x` with nothing computed yet.
+    pub fn new(x: Tensor<B, 4>) -> Self {
+        Self { x, split: vec![] }
+    }
+
+    /// The state.
+    pub fn into_inner(self) -> Tensor<B, 4> {
+        self.x
+    }
+
+    /// The split selector's selected channels and (stride 2) pooled bypass for partial
+    /// factor `k`, computed by `make` the first time.
+    fn split(
+        &mut self,
+        k: usize,
+        stride: usize,
+        make: impl FnOnce(&Tensor<B, 4>) -> (Tensor<B, 4>, Option<Tensor<B, 4>>),
+    ) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
+        if let Some((_, _, sel, byp)) = self
+            .split
+            .iter()
+            .find(|(kk, ss, _, _)| (*kk, *ss) == (k, stride))
+        {
+            return (sel.clone(), byp.clone());
+        }
+        let (sel, byp) = make(&self.x);
+        self.split.push((k, stride, sel.clone(), byp.clone()));
+        (sel, byp)
+    }
+}
+
 impl<B: Backend> MixedOp<B> {
     /// An edge on `channels` channels (divisible by `partial_k`).
     pub fn new(
@@ -311,6 +356,22 @@ impl<B: Backend> MixedOp<B> {
         proportions: Option<Tensor<B, 1>>,
         rng: &mut StdRng,
     ) -> Tensor<B, 4> {
+        self.forward_shared(&mut EdgeInput::new(x), weights, proportions, rng)
+    }
+
+    /// [`forward_mixed`](Self::forward_mixed) on an [`EdgeInput`] that the other edges
+    /// leaving the same state also use (the parts they share are computed once).
+    ///
+    /// # Shapes
+    /// as [`forward_mixed`](Self::forward_mixed)
+    pub fn forward_shared(
+        &self,
+        input: &mut EdgeInput<B>,
+        weights: Tensor<B, 1>,
+        proportions: Option<Tensor<B, 1>>,
+        rng: &mut StdRng,
+    ) -> Tensor<B, 4> {
+        let x = input.x.clone();
         let c = x.dims()[1];
         // What the selectors share between branches: one random permutation (branch K
         // takes its first C/K entries, so the subsets are nested), one attention score.
@@ -339,14 +400,8 @@ impl<B: Backend> MixedOp<B> {
         let single = self.branches.len() == 1;
         let mut sum: Option<Tensor<B, 4>> = None;
         for (i, branch) in self.branches.iter().enumerate() {
-            let mut y = self.branch_forward(
-                branch,
-                x.clone(),
-                weights.clone(),
-                &perm,
-                scores.clone(),
-                &mean,
-            );
+            let mut y =
+                self.branch_forward(branch, input, weights.clone(), &perm, scores.clone(), &mean);
             if !single {
                 let p = match &proportions {
                     Some(p) => p.clone().slice([i..i + 1]).reshape([1, 1, 1, 1]),
@@ -367,12 +422,13 @@ impl<B: Backend> MixedOp<B> {
     fn branch_forward(
         &self,
         branch: &Branch<B>,
-        x: Tensor<B, 4>,
+        input: &mut EdgeInput<B>,
         weights: Tensor<B, 1>,
         perm: &[usize],
         scores: Option<Tensor<B, 2>>,
         mean_scores: &[f32],
     ) -> Tensor<B, 4> {
+        let x = input.x.clone();
         let [n, c, h, w] = x.dims();
         let k = branch.partial_k;
         if k == 1 {
@@ -389,20 +445,25 @@ impl<B: Backend> MixedOp<B> {
             }
             // Split (and attention without its module, which `new` never builds).
             _ => {
-                let selected = select_channels(x.clone(), &(0..ck).collect::<Vec<_>>());
+                let stride = self.stride;
+                let (selected, bypass) = input.split(k, stride, |x| {
+                    let selected = select_channels(x.clone(), &(0..ck).collect::<Vec<_>>());
+                    let bypass = (stride != 1)
+                        .then(|| self.bypass(x.clone().slice([0..n, ck..c, 0..h, 0..w])));
+                    (selected, bypass)
+                });
                 let summed = contiguous(branch.op_sum(selected, weights));
                 // shuffle(cat([summed, bypass])) in one pass (`merge_channels`)
                 let order = shuffle_order(c, k);
-                if self.stride == 1 {
+                if let Some(bypass) = bypass {
+                    merge_channels(summed, bypass, &order)
+                } else {
                     // concatenated channel m >= ck is input channel m: index ck + m of [summed; x]
                     let index: Vec<usize> = order
                         .iter()
                         .map(|&m| if m < ck { m } else { ck + m })
                         .collect();
                     merge_channels(summed, x, &index)
-                } else {
-                    let bypass = self.bypass(x.slice([0..n, ck..c, 0..h, 0..w]));
-                    merge_channels(summed, bypass, &order)
                 }
             }
         }
@@ -496,6 +557,65 @@ mod tests {
             Tensor::<B, 1>::random([8], Distribution::Normal(0.0, 1.0), &Default::default()),
             0,
         )
+    }
+
+    /// Edges leaving one state through a shared [`EdgeInput`] give the outputs and input
+    /// gradients of edges that each select and pool on their own, and compute the split
+    /// once per (K, stride).
+    #[test]
+    fn shared_edge_input_matches_separate_edges() {
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let x0 = Tensor::<A, 4>::random([2, 16, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        for stride in [1, 2] {
+            let ops: Vec<MixedOp<A>> = (0..3)
+                .map(|_| MixedOp::new(16, stride, 4, SelectorKind::Split, &device))
+                .collect();
+            let w: Vec<Tensor<A, 1>> = (0..3)
+                .map(|_| Tensor::from_inner(weights()).require_grad())
+                .collect();
+            let run = |shared: bool| {
+                let x = x0.clone().detach().require_grad();
+                let mut input = EdgeInput::new(x.clone());
+                let mut rng = StdRng::seed_from_u64(3);
+                let ys: Vec<Tensor<A, 4>> = ops
+                    .iter()
+                    .zip(&w)
+                    .map(|(op, w)| {
+                        if shared {
+                            op.forward_shared(&mut input, w.clone(), None, &mut rng)
+                        } else {
+                            op.forward_mixed(x.clone(), w.clone(), None, &mut rng)
+                        }
+                    })
+                    .collect();
+                let splits = input.split.len();
+                let y = Tensor::cat(ys, 1);
+                let r = Tensor::<A, 4>::ones(y.dims(), &device).mul(
+                    Tensor::arange(0..y.dims()[1] as i64, &device)
+                        .float()
+                        .reshape([1, y.dims()[1], 1, 1]),
+                );
+                let grads = (y.clone() * r).sum().backward();
+                let gw: Vec<f32> = w
+                    .iter()
+                    .flat_map(|w| w.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap())
+                    .collect();
+                (y.inner(), x.grad(&grads).unwrap(), gw, splits)
+            };
+            let (y1, gx1, gw1, splits1) = run(true);
+            let (y0, gx0, gw0, splits0) = run(false);
+            assert_eq!((splits1, splits0), (1, 0), "stride {stride}");
+            let tol = burn::tensor::Tolerance::<f32>::absolute(1e-4);
+            y1.into_data().assert_approx_eq(&y0.into_data(), tol);
+            gx1.into_data().assert_approx_eq(&gx0.into_data(), tol);
+            for (a, b) in gw1.iter().zip(&gw0) {
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "alpha grads {a} vs {b}"
+                );
+            }
+        }
     }
 
     #[test]

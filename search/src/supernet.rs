@@ -6,7 +6,7 @@
 //! gradients of one of them at a time (`GradientsParams::from_grads(grads, &net.arch)`),
 //! so each step can only change its own half.
 
-use crate::mixed_op::{contiguous, MixedOp, SelectorKind, PROPORTION_KS};
+use crate::mixed_op::{contiguous, EdgeInput, MixedOp, SelectorKind, PROPORTION_KS};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
@@ -319,9 +319,10 @@ impl<B: Backend> SearchCell<B> {
         w: &CellArch<B>,
         rng: &mut StdRng,
     ) -> Tensor<B, 4> {
+        // Each state with what the edges leaving it share (`EdgeInput`).
         let mut states = vec![
-            self.preprocess0.forward(s0),
-            self.preprocess1.forward(s1.clone()),
+            EdgeInput::new(self.preprocess0.forward(s0)),
+            EdgeInput::new(self.preprocess1.forward(s1.clone())),
         ];
         for i in 0..NODES {
             let edges = node_edges(i);
@@ -334,7 +335,7 @@ impl<B: Backend> SearchCell<B> {
                         let k = p.dims()[1];
                         p.clone().slice([e..e + 1, 0..k]).reshape([k])
                     });
-                    self.edges[e].forward_mixed(states[input].clone(), a, p, rng)
+                    self.edges[e].forward_shared(&mut states[input], a, p, rng)
                 })
                 .collect();
             // The node is the sum of its edges, each weighted by its beta when edge
@@ -344,12 +345,13 @@ impl<B: Backend> SearchCell<B> {
                 None => hs.into_iter().reduce(|s, h| s.add(h)),
             };
             if let Some(s) = node {
-                states.push(s);
+                states.push(EdgeInput::new(s));
             }
         }
         // `contiguous`: the gradients `cat` hands back are strided views; copy each once
         // instead of every later element-wise step walking it element by element.
-        let out = Tensor::cat(states.split_off(2).into_iter().map(contiguous).collect(), 1);
+        let nodes = states.split_off(2).into_iter();
+        let out = Tensor::cat(nodes.map(|s| contiguous(s.into_inner())).collect(), 1);
         match &self.shortcut {
             Some(sc) => out.add(sc.forward(s1)),
             None => out,
