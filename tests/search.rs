@@ -470,4 +470,18 @@ fn search_step_benchmark_prints_its_figures() {
         .parse()
         .unwrap();
     assert!((median - times[1]).abs() < 1e-4, "{median} vs {times:?}");
+    // Bad sizes name their flag.
+    for (flags, needle) in [
+        (
+            ["--image-size", "4"],
+            "--image-size: must be at least 8 (got 4)",
+        ),
+        (["--partial-k", "0"], "--partial-k must be at least 1"),
+    ] {
+        let mut a = vec!["bench", "search-step", "--steps", "1"];
+        a.extend_from_slice(&flags);
+        let (ok, _, stderr) = splitnas(&a, &[]);
+        assert!(!ok && stderr.contains(needle), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

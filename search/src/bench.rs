@@ -139,10 +139,9 @@ pub fn bench_search(device: DeviceKind, o: &SearchBench) -> Result<BenchResult, 
             problem: "must be at least 1".into(),
         });
     }
-    o.supernet.validate().map_err(|p| TrainError::Flag {
-        flag: "--partial-k/--channels/--layers",
-        problem: p,
-    })?;
+    o.supernet
+        .validate()
+        .map_err(crate::search::supernet_flag)?;
     crate::with_autodiff_backend!(device, bench_search_on(o))
 }
 
@@ -155,10 +154,7 @@ fn bench_search_on<B: AutodiffBackend>(
     use burn::optim::AdamConfig;
     B::seed(device, o.seed);
     let s = &o.supernet;
-    let mut net: Supernet<B> = s.init(device).map_err(|p| TrainError::Flag {
-        flag: "--partial-k/--channels/--layers",
-        problem: p,
-    })?;
+    let mut net: Supernet<B> = s.init(device).map_err(crate::search::supernet_flag)?;
     let mut w_optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
             momentum: 0.9,

@@ -227,11 +227,14 @@ fn flag(flag: &'static str, problem: impl Into<String>) -> TrainError {
 }
 
 /// The error of a supernet configuration, under the flag its message starts with.
-fn supernet_flag(problem: String) -> TrainError {
+/// A supernet configuration problem as an error naming its flag (the problem text starts
+/// with the flag where it is a single one).
+pub(crate) fn supernet_flag(problem: String) -> TrainError {
     for f in [
         "--learn-proportion",
         "--progressive",
         "--spatial-reconstruction",
+        "--image-size",
     ] {
         if let Some(rest) = problem.strip_prefix(f) {
             return flag(f, rest.trim_start());

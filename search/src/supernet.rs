@@ -119,7 +119,10 @@ impl SupernetConfig {
             ));
         }
         if self.image_size < 8 {
-            return Err(format!("images of side {} are too small", self.image_size));
+            return Err(format!(
+                "--image-size must be at least 8 (got {}): the supernet's two reductions halve the side twice",
+                self.image_size
+            ));
         }
         Ok(())
     }
