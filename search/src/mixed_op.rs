@@ -397,26 +397,23 @@ impl<B: Backend> MixedOp<B> {
                     .unwrap_or_default()
             })
             .unwrap_or_default();
-        let single = self.branches.len() == 1;
-        let mut sum: Option<Tensor<B, 4>> = None;
-        for (i, branch) in self.branches.iter().enumerate() {
-            let mut y =
-                self.branch_forward(branch, input, weights.clone(), &perm, scores.clone(), &mean);
-            if !single {
-                let p = match &proportions {
-                    Some(p) => p.clone().slice([i..i + 1]).reshape([1, 1, 1, 1]),
-                    None => {
-                        Tensor::full([1, 1, 1, 1], 1.0 / self.branches.len() as f32, &x.device())
-                    }
-                };
-                y = y.mul(p);
+        let mut ys: Vec<Tensor<B, 4>> = self
+            .branches
+            .iter()
+            .map(|branch| {
+                self.branch_forward(branch, input, weights.clone(), &perm, scores.clone(), &mean)
+            })
+            .collect();
+        match ys.len() {
+            0 => x,
+            1 => ys.remove(0),
+            m => {
+                // Branches mixed by the proportion weights (equal ones when none are given).
+                let p =
+                    proportions.unwrap_or_else(|| Tensor::full([m], 1.0 / m as f32, &x.device()));
+                weighted_sum(ys, p)
             }
-            sum = Some(match sum {
-                Some(s) => s.add(y),
-                None => y,
-            });
         }
-        sum.unwrap_or(x)
     }
 
     fn branch_forward(
