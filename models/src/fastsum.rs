@@ -1,5 +1,7 @@
-//! `sum_i w[i] * y_i`: the weighted sum of a mixed operation's outputs as one
-//! operation, with a host kernel and its backward pass on the CPU backends.
+//! `sum_i w[i] * y_i`: a weighted sum of equal-shaped tensors as one operation, with a
+//! host kernel and its backward pass on the CPU backends. The supernet uses it for an
+//! edge's 7 operation outputs (weights softmax(alpha)), a node's incoming edges (betas)
+//! and an edge's proportion branches (`--learn-proportion`).
 //!
 //! Written with Burn tensors, an edge's sum is 7 slices of the weight vector, 7
 //! broadcast multiplications and 6 additions, forward and backward, each its own
