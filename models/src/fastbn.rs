@@ -239,7 +239,7 @@ impl<I: Backend> Backward<I, 3> for BnBackward {
 }
 
 /// `sum(f(a[i], b[i]))` in eight f32 lanes, totalled in f64.
-fn plane_sum_pair(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+pub(crate) fn plane_sum_pair(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());

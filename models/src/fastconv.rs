@@ -35,7 +35,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::fastpool::HostFloats;
+use crate::fastpool::{HostFloats, Window};
 
 /// The forward pass of `conv` on `x`, with the fast backward where available.
 pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -374,16 +374,11 @@ impl Geometry {
         // Per kernel column j: the output columns [lo, hi) whose input column
         // ow*s + j*d - p lies inside, and the input column of output lo. Once per call:
         // per row they were two integer divisions per tap, as costly as the products.
+        let window = Window::new(k, s, p);
         let spans: Vec<(usize, usize, usize)> = (0..k)
             .map(|j| {
-                let shift = j * d;
-                let lo = p.saturating_sub(shift).div_ceil(s);
-                let hi = if w + p > shift {
-                    ((w - 1 + p - shift) / s + 1).min(wo)
-                } else {
-                    0
-                };
-                (lo, hi, (lo * s + shift).saturating_sub(p))
+                let (lo, hi) = window.valid(j * d, w, wo);
+                (lo, hi, (lo * s + j * d).saturating_sub(p))
             })
             .collect();
         let mut lanes = vec![[0f32; 8]; k * k];

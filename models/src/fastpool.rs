@@ -55,14 +55,14 @@ enum Kind {
 
 /// Square window: kernel size, stride, padding.
 #[derive(Clone, Copy, Debug)]
-struct Window {
+pub(crate) struct Window {
     k: usize,
     s: usize,
     p: usize,
 }
 
 impl Window {
-    fn new(k: usize, s: usize, p: usize) -> Self {
+    pub(crate) fn new(k: usize, s: usize, p: usize) -> Self {
         Self { k, s, p }
     }
 
@@ -79,8 +79,9 @@ impl Window {
         (len + 2 * self.p - self.k) / self.s + 1
     }
 
-    /// Output positions `o` in `[lo, hi)` whose input `o * s + d - p` lies in `[0, len)`.
-    fn valid(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
+    /// Output positions `o` in `[lo, hi)` whose input `o * s + d - p` lies in `[0, len)`
+    /// (`d`: the kernel offset, dilated for a convolution).
+    pub(crate) fn valid(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
         let lo = self.p.saturating_sub(d).div_ceil(self.s);
         let hi = if len + self.p > d {
             ((len - 1 + self.p - d) / self.s + 1).min(out)

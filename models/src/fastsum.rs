@@ -35,6 +35,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use rayon::prelude::*;
 
+use crate::fastbn::plane_sum_pair;
 use crate::fastpool::{same, HostFloats};
 
 /// The most terms the host kernel takes (the 7 non-`none` DARTS operations fit).
@@ -122,24 +123,6 @@ fn sum_forward<B: Backend>(
 /// Weights and (when the weights are tracked) the terms.
 type Terms<B> = (Arc<Vec<f32>>, Arc<Vec<HostFloats<B>>>);
 
-/// Dot product with 16 f32 lanes, combined in f64.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    (acc.iter().map(|&v| f64::from(v)).sum::<f64>() + tail) as f32
-}
-
 /// Parents: the `N - 1` terms, then the weights.
 #[derive(Debug)]
 struct SumBackward<const N: usize>;
@@ -180,7 +163,10 @@ impl<I: Backend, const N: usize> Backward<I, N> for SumBackward<N> {
             }
         }
         if let Some(node) = &w_node[0] {
-            let gw: Vec<f32> = values.iter().map(|y| dot(y, &g)).collect();
+            let gw: Vec<f32> = values
+                .iter()
+                .map(|y| plane_sum_pair(y, &g, |a, b| a * b) as f32)
+                .collect();
             let gw = Tensor::<I, 1>::from_data(TensorData::new(gw, [N - 1]), &device);
             grads.register::<I>(node.id, gw.into_primitive().tensor());
         }
