@@ -476,6 +476,10 @@ fn search_step_benchmark_prints_its_figures() {
             ["--image-size", "4"],
             "--image-size: must be at least 8 (got 4)",
         ),
+        (
+            ["--image-size", "10"],
+            "--image-size: must be divisible by 4 (got 10)",
+        ),
         (["--partial-k", "0"], "--partial-k must be at least 1"),
     ] {
         let mut a = vec!["bench", "search-step", "--steps", "1"];

@@ -124,6 +124,15 @@ impl SupernetConfig {
                 self.image_size
             ));
         }
+        // Each cell after a reduction halves its older input with FactorizedReduce, whose
+        // two shifted halves only line up on an even side, so the side must stay even
+        // through both reductions (a side of 10 panicked in the cell's concatenation).
+        if self.image_size % 4 != 0 {
+            return Err(format!(
+                "--image-size must be divisible by 4 (got {}): the supernet's two reductions halve the side twice",
+                self.image_size
+            ));
+        }
         Ok(())
     }
 
