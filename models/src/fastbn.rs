@@ -421,6 +421,7 @@ mod tests {
 
     #[test]
     fn matches_the_tensor_formula_and_its_gradients() {
+        let _serial = crate::backward_lock();
         // Small (one thread) and large (split over the pool) layers, odd plane sizes.
         for dims in [[2, 3, 5, 7], [16, 4, 32, 32], [3, 8, 9, 9]] {
             compare::<Flex>(dims, false);

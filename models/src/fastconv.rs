@@ -483,6 +483,7 @@ mod tests {
 
     #[test]
     fn backward_matches_burn_for_every_darts_convolution() {
+        let _serial = crate::backward_lock();
         let opts =
             |s: usize, p: usize, d: usize, g: usize| ConvOptions::new([s, s], [p, p], [d, d], g);
         for &(h, s) in &[(8usize, 1usize), (8, 2), (7, 2), (5, 1)] {

@@ -570,6 +570,7 @@ mod tests {
 
     #[test]
     fn matches_burn_pooling_and_its_gradients() {
+        let _serial = crate::backward_lock();
         for &dims in &[[2, 3, 8, 8], [1, 2, 7, 5], [2, 1, 1, 1], [1, 70, 16, 16]] {
             for &(k, s, p) in &[(3, 1, 1), (3, 2, 1), (2, 2, 0), (5, 1, 2)] {
                 if dims[2] + 2 * p < k || dims[3] + 2 * p < k {

@@ -471,6 +471,7 @@ mod tests {
 
     #[test]
     fn matches_burn_select_and_its_gradient() {
+        let _serial = crate::backward_lock();
         // a permutation, a subset, and repeated channels (gradients add up)
         compare::<Autodiff<Flex>>([2, 6, 3, 5], &[3, 0, 4, 1, 5, 2]);
         compare::<Autodiff<Flex>>([3, 8, 4, 4], &[7, 2]);
@@ -517,6 +518,7 @@ mod tests {
 
     #[test]
     fn merge_matches_cat_then_select_and_its_gradients() {
+        let _serial = crate::backward_lock();
         // the split selector's shuffle of [ops (2) ; bypass (6)] with 4 groups
         compare_merge::<Autodiff<Flex>>([2, 2, 4, 4], 6, &[0, 2, 4, 6, 1, 3, 5, 7]);
         // stride-1 split without a bypass slice: b is the whole input, its first
@@ -528,6 +530,7 @@ mod tests {
 
     #[test]
     fn subsample_matches_the_generic_path_and_its_gradient() {
+        let _serial = crate::backward_lock();
         type A = Autodiff<Flex>;
         type G = Autodiff<burn::backend::NdArray>;
         for dims in [[2, 3, 6, 6], [1, 2, 7, 5], [1, 1, 1, 1], [2, 2, 2, 3]] {

@@ -292,6 +292,7 @@ mod tests {
 
     #[test]
     fn matches_the_tensor_expression_and_its_gradients() {
+        let _serial = crate::backward_lock();
         let all = [true; 7];
         // the mixed op's 7 terms; a size that is not a multiple of the block or lanes
         compare::<Autodiff<Flex>>([2, 4, 16, 16], &all, true);

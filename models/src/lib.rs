@@ -32,3 +32,14 @@ pub use params::{count_parameters, materialize};
 /// CPU backend used by the unit tests.
 #[cfg(test)]
 pub(crate) type TestBackend = burn::backend::Flex;
+
+/// Serializes the unit tests that call `backward()`. Burn 0.21's autodiff ends every
+/// `backward()` by sweeping every graph in the process, including one another thread is
+/// still building, and can free its steps: that thread's backward then silently misses a
+/// gradient (tracel-ai/burn#5573). The library calls `backward()` from one thread at a time;
+/// the test harness does not.
+#[cfg(test)]
+pub(crate) fn backward_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -229,9 +229,6 @@ mod tests {
 
     type A = burn::backend::Autodiff<burn::backend::NdArray<f64>>;
 
-    /// Burn's RNG is global: tests that seed it must not interleave.
-    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
     fn tiny(k: usize) -> Supernet<A> {
         tiny_with(k, crate::mixed_op::SelectorKind::Split)
     }
@@ -284,7 +281,7 @@ mod tests {
 
     #[test]
     fn each_step_gets_gradients_for_its_own_half_only() {
-        let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::backward_lock(); // also serializes Burn's global seed
         let net = tiny(2);
         let (arch_ids, weight_ids) = (ids(&net.arch), ids(&net.weights));
         let mut rng = StdRng::seed_from_u64(0);
@@ -304,7 +301,7 @@ mod tests {
     /// a gradient in the weight step, none in either architecture step.
     #[test]
     fn attention_parameters_train_with_the_weights() {
-        let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::backward_lock(); // also serializes Burn's global seed
         let net = tiny_with(2, crate::mixed_op::SelectorKind::Attention);
         let mut att_ids = vec![];
         for cell in &net.weights.cells {
@@ -336,7 +333,7 @@ mod tests {
     /// both architecture steps, none in the weight step); the SRU's gamma/beta are weights.
     #[test]
     fn proportion_and_sru_parameters_train_in_their_own_steps() {
-        let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::backward_lock(); // also serializes Burn's global seed
         let device = Default::default();
         <A as burn::tensor::backend::Backend>::seed(&device, 7);
         let net = SupernetConfig::new()
@@ -417,7 +414,7 @@ mod tests {
     /// every parameter tracked (same batch, same channel selection).
     #[test]
     fn untracking_the_other_half_leaves_the_gradients_unchanged() {
-        let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::backward_lock(); // also serializes Burn's global seed
         for selector in [
             crate::mixed_op::SelectorKind::Split,
             crate::mixed_op::SelectorKind::Random,
@@ -456,7 +453,7 @@ mod tests {
         // f64 backend. The architect runs with a Hessian-vector step of 1e-5 / ||v||
         // (DARTS' 0.01 crosses ReLU kinks on a net this small and is off by tens of
         // percent here); the two then agree to 1e-3 of the largest entry + 1e-7.
-        let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::backward_lock(); // also serializes Burn's global seed
         let eta = 0.5;
         let net = tiny(2);
         let (train, valid) = (batch(11), batch(12));

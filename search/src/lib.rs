@@ -19,3 +19,15 @@ pub mod search;
 pub mod sru;
 pub mod supernet;
 pub mod train;
+
+/// Serializes the unit tests that call `backward()` (and those that seed Burn's global RNG).
+/// Burn 0.21's autodiff ends every `backward()` by sweeping every graph in the process,
+/// including one another thread is still building, and can free its steps: that thread's
+/// backward then silently misses a gradient (tracel-ai/burn#5573; CI saw an alpha without a
+/// gradient). The library calls `backward()` from one thread at a time; the test harness
+/// does not.
+#[cfg(test)]
+pub(crate) fn backward_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

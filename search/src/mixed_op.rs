@@ -561,6 +561,7 @@ mod tests {
     /// once per (K, stride).
     #[test]
     fn shared_edge_input_matches_separate_edges() {
+        let _serial = crate::backward_lock();
         type A = burn::backend::Autodiff<B>;
         let device = Default::default();
         let x0 = Tensor::<A, 4>::random([2, 16, 8, 8], Distribution::Normal(0.0, 1.0), &device);
@@ -716,6 +717,7 @@ mod tests {
     /// input gradients, both strides.
     #[test]
     fn split_path_matches_the_written_out_definition() {
+        let _serial = crate::backward_lock();
         type A = burn::backend::Autodiff<B>;
         let device = Default::default();
         let mut rng = StdRng::seed_from_u64(5);
@@ -766,6 +768,7 @@ mod tests {
     /// the other, and repeated runs agree bit for bit (scheduling does not leak in).
     #[test]
     fn parallel_operations_match_the_sequential_sum() {
+        let _serial = crate::backward_lock();
         type A = burn::backend::Autodiff<B>;
         let device = Default::default();
         let x = Tensor::<A, 4>::random([2, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);

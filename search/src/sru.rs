@@ -242,6 +242,7 @@ mod tests {
     /// gamma and beta get gradients through the unit.
     #[test]
     fn parameters_get_gradients() {
+        let _serial = crate::backward_lock();
         type A = burn::backend::Autodiff<B>;
         let device = Default::default();
         let sru = SpatialReconstruction::<A>::new(4, &device);

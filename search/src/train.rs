@@ -683,6 +683,7 @@ mod tests {
 
     #[test]
     fn global_norm_clipping_scales_every_gradient() {
+        let _serial = crate::backward_lock();
         type A = burn::backend::Autodiff<burn::backend::Flex>;
         let device = Default::default();
         let lin = burn::nn::LinearConfig::new(2, 1).init::<A>(&device);
