@@ -73,6 +73,7 @@ fn bench_train_on<B: AutodiffBackend>(
     device: &B::Device,
     o: &TrainBench,
 ) -> Result<BenchResult, TrainError> {
+    let _turn = crate::exclusive_run();
     let genotype = Genotype::resolve(&o.genotype)?;
     let cfg = NetworkConfig::new(genotype)
         .with_channels(o.channels)
@@ -149,6 +150,7 @@ fn bench_search_on<B: AutodiffBackend>(
     device: &B::Device,
     o: &SearchBench,
 ) -> Result<BenchResult, TrainError> {
+    let _turn = crate::exclusive_run();
     use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
     use crate::supernet::Supernet;
     use burn::optim::AdamConfig;

@@ -20,6 +20,15 @@ pub mod sru;
 pub mod supernet;
 pub mod train;
 
+/// Makes the trainings, searches and benchmarks of one process take turns. Burn 0.21 keeps
+/// the random seed and the autodiff graph registry process-wide: two runs on two threads
+/// would draw from each other's seeded stream, and one run's `backward()` can free the steps
+/// of a graph the other is building, silently dropping a gradient (tracel-ai/burn#5573).
+pub(crate) fn exclusive_run() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Serializes the unit tests that call `backward()` (and those that seed Burn's global RNG).
 /// Burn 0.21's autodiff ends every `backward()` by sweeping every graph in the process,
 /// including one another thread is still building, and can free its steps: that thread's

@@ -354,10 +354,13 @@ fn load_data(cfg: &SearchConfig) -> Result<Dataset, TrainError> {
 }
 
 /// Runs the search on the autodiff backend `B`.
+/// Runs of one process (trainings, searches, benchmarks) take turns: Burn's seed and
+/// autodiff graphs are process-wide.
 pub fn search_on<B: AutodiffBackend>(
     device: &B::Device,
     opts: &SearchOptions,
 ) -> Result<SearchSummary, TrainError> {
+    let _turn = crate::exclusive_run();
     let out = &opts.out;
     let state = checkpoint::read_state::<SearchMetrics>(out)?;
     let (cfg, dataset) = match (&state, opts.resume) {

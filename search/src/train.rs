@@ -408,10 +408,13 @@ pub fn train(device: DeviceKind, opts: &TrainOptions) -> Result<TrainSummary, Tr
 }
 
 /// Runs `splitnas train` on the autodiff backend `B`.
+/// Runs of one process (trainings, searches, benchmarks) take turns: Burn's seed and
+/// autodiff graphs are process-wide.
 pub fn train_on<B: AutodiffBackend>(
     device: &B::Device,
     opts: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
+    let _turn = crate::exclusive_run();
     let out = &opts.out;
     let io = |path: &Path| {
         let path = path.to_path_buf();
