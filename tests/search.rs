@@ -395,6 +395,8 @@ fn bad_search_flags_are_rejected_with_clear_messages() {
         ),
         (&["--selector", "magic"], "unknown selector 'magic'"),
         (&["--progressive", "2"], "--progressive: takes 3 (got 2)"),
+        // 5 stages would also leave a stage without search epochs: the count is named first
+        (&["--progressive", "5"], "--progressive: takes 3 (got 5)"),
         (
             &[
                 "--progressive",

@@ -258,6 +258,9 @@ pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
     if !(r.arch_lr.is_finite() && r.arch_lr > 0.0) {
         return Err(flag("--arch-lr", "must be a positive number"));
     }
+    // The supernet's own checks first: a stage count other than 3 is named as such, not as
+    // an epoch split that leaves a stage without search epochs.
+    o.supernet.validate().map_err(supernet_flag)?;
     let stages = o.supernet.stages;
     if stages > 1 {
         let blocks = stage_epochs(r.epochs, stages);
@@ -294,7 +297,7 @@ pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
     if o.data.train_limit == Some(0) {
         return Err(flag("--train-limit", "must be at least 1"));
     }
-    o.supernet.validate().map_err(supernet_flag)
+    Ok(())
 }
 
 /// Runs `splitnas search` on `device`.
