@@ -634,6 +634,9 @@ fn load_model(file: &std::path::Path, device: &str) -> Result<AnyModel> {
 }
 
 fn run_model(a: RunArgs) -> Result<()> {
+    if a.top_k == 0 {
+        bail!("--top-k: must be at least 1");
+    }
     let model = load_model(&a.file, &a.device)?;
     let chw = model.input_shape();
     let (mut x, mut names) = (vec![], vec![]);
@@ -669,13 +672,13 @@ fn run_model(a: RunArgs) -> Result<()> {
         order.sort_by(|&i, &j| row[j].total_cmp(&row[i]));
         let top: Vec<String> = order
             .iter()
-            .take(a.top_k.max(1))
+            .take(a.top_k)
             .map(|&i| format!("{} ({:.3})", classes[i], (row[i] - max).exp() / sum))
             .collect();
         println!("{name}: {}", top.join(", "));
     }
     if let Some(out) = &a.output {
-        input::write_npy(out, &logits, &[n as u64, k as u64])?;
+        input::write_npy(out, &logits, &[n as u64, k as u64]).context("--output")?;
         println!("wrote logits [{n}, {k}] to {}", out.display());
     }
     Ok(())

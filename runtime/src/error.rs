@@ -14,6 +14,14 @@ pub enum RuntimeError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The bytes are not an ONNX model.
     #[error("not an ONNX model (truncated or corrupt protobuf): {0}")]
     Decode(String),

@@ -89,7 +89,7 @@ pub fn read_image(
 
 /// Writes `data` of `shape` as a float32 `.npy` file (temporary name, then rename).
 pub fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<(), RuntimeError> {
-    let io = |source| RuntimeError::Io {
+    let io = |source| RuntimeError::Write {
         path: path.to_path_buf(),
         source,
     };
