@@ -239,6 +239,25 @@ fn genotype_draw_and_plot_commands() {
         .unwrap();
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("NOPE"));
+    // An --out that cannot be written is named as given (not its temporary file).
+    let missing = tmp.path().join("no_such_dir").join("cell.svg");
+    let r = splitnas()
+        .args([
+            "genotype",
+            "draw",
+            "DARTS_V2",
+            "--out",
+            missing.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains(&format!("{}: No such file", missing.display()))
+            && !err.contains(".cell.svg."),
+        "{err}"
+    );
     let plot_fails = || {
         let r = splitnas()
             .args([

@@ -348,7 +348,11 @@ impl Genotype {
 
     /// Parses JSON.
     pub fn from_json(text: &str) -> Result<Self, GenotypeError> {
-        serde_json::from_str(text).map_err(|e| GenotypeError::Json(e.to_string()))
+        // Through `Value`, so a bad cell comes back as the error `try_from` gives, not wrapped
+        // in serde's message (which said "invalid genotype JSON" twice).
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| GenotypeError::Json(e.to_string()))?;
+        Genotype::try_from(value)
     }
 
     /// DARTS notation (`Genotype(normal=[...], normal_concat=[...], ...)`).
@@ -471,5 +475,12 @@ mod tests {
         let bad_op = bad.replace("\"sep_conv_3x3\", 0", "\"conv_7x7\", 0");
         let err = Genotype::from_json(&bad_op).unwrap_err().to_string();
         assert!(err.contains("conv_7x7"), "{err}");
+        let err = Genotype::from_json(r#"{"normal": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err.matches("invalid genotype JSON").count(), 1, "{err}");
+        assert!(err.contains("expected a sequence"), "{err}");
+        let err = Genotype::from_json("{").unwrap_err().to_string();
+        assert!(err.starts_with("invalid genotype JSON: EOF"), "{err}");
     }
 }

@@ -40,10 +40,15 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// A failure names `path` (not the temporary file) and leaves no temporary file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let tmp = tmp_name(path);
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(path)(e)
+        })
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
