@@ -199,16 +199,13 @@ fn quickstart_on_the_embedded_subset() {
 fn genotype_draw_and_plot_commands() {
     let tmp = tempfile::tempdir().unwrap();
     let svg = tmp.path().join("cell.svg");
-    let r = splitnas()
-        .args([
-            "genotype",
-            "draw",
-            "DARTS_V2",
-            "--out",
-            svg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let draw = |genotype: &str, out: &std::path::Path| {
+        splitnas()
+            .args(["genotype", "draw", genotype, "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let r = draw("DARTS_V2", &svg);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let text = parse_svg(&svg);
     for op in [
@@ -233,24 +230,12 @@ fn genotype_draw_and_plot_commands() {
     assert_eq!(labels, 16);
 
     // Bad input: an unknown genotype and a directory that is not a run.
-    let r = splitnas()
-        .args(["genotype", "draw", "NOPE", "--out", svg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let r = draw("NOPE", &svg);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("NOPE"));
     // An --out that cannot be written is named as given (not its temporary file).
     let missing = tmp.path().join("no_such_dir").join("cell.svg");
-    let r = splitnas()
-        .args([
-            "genotype",
-            "draw",
-            "DARTS_V2",
-            "--out",
-            missing.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let r = draw("DARTS_V2", &missing);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success());
     assert!(

@@ -181,35 +181,25 @@ fn images_are_normalized_with_the_file_metadata_and_bad_inputs_are_errors() {
         e.contains("bad.npy") && e.contains("not an ONNX model"),
         "{e}"
     );
-    let e = fails(&[
-        "run",
-        onnx_s,
-        "--input",
-        paths[0].to_str().unwrap(),
-        "--device",
-        "tpu",
-    ]);
+    // one image with one bad flag
+    let run_with = |flag: &str, value: &str| {
+        fails(&[
+            "run",
+            onnx_s,
+            "--input",
+            paths[0].to_str().unwrap(),
+            flag,
+            value,
+        ])
+    };
+    let e = run_with("--device", "tpu");
     assert!(e.contains("--device") && e.contains("tpu"), "{e}");
-    let e = fails(&[
-        "run",
-        onnx_s,
-        "--input",
-        paths[0].to_str().unwrap(),
-        "--output",
-        "/nonexistent/logits.npy",
-    ]);
+    let e = run_with("--output", "/nonexistent/logits.npy");
     assert!(
         e.contains("--output") && e.contains("cannot write /nonexistent/logits.npy"),
         "{e}"
     );
-    let e = fails(&[
-        "run",
-        onnx_s,
-        "--input",
-        paths[0].to_str().unwrap(),
-        "--top-k",
-        "0",
-    ]);
+    let e = run_with("--top-k", "0");
     assert!(e.contains("--top-k: must be at least 1"), "{e}");
     let e = fails(&["bench", "run", onnx_s, "--batch", "0"]);
     assert!(e.contains("--batch"), "{e}");
