@@ -150,10 +150,10 @@ fn bench_search_on<B: AutodiffBackend>(
     device: &B::Device,
     o: &SearchBench,
 ) -> Result<BenchResult, TrainError> {
-    let _turn = crate::exclusive_run();
     use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
     use crate::supernet::Supernet;
     use burn::optim::AdamConfig;
+    let _turn = crate::exclusive_run();
     B::seed(device, o.seed);
     let s = &o.supernet;
     let mut net: Supernet<B> = s.init(device).map_err(crate::search::supernet_flag)?;

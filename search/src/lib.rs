@@ -35,6 +35,7 @@ pub(crate) fn exclusive_run() -> std::sync::MutexGuard<'static, ()> {
 /// backward then silently misses a gradient (tracel-ai/burn#5573; CI saw an alpha without a
 /// gradient). The library calls `backward()` from one thread at a time; the test harness
 /// does not.
+/// Not [`exclusive_run`]'s lock: a test holding this one may still start a run.
 #[cfg(test)]
 pub(crate) fn backward_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
