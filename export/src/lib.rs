@@ -109,24 +109,12 @@ impl Metadata {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
-/// so `path` is either the old file or the complete new one.
+/// so `path` is either the old file or the complete new one (`splitnas_host::fs`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let io = |source| ExportError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("not a file name")))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    if let Err(e) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    Ok(())
+    splitnas_host::fs::write_atomic(path, bytes).map_err(|e| ExportError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Serializes the ONNX model of `net` (built from `cfg`) with `meta`.

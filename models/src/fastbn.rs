@@ -12,11 +12,11 @@
 //! `dx = gamma / sqrt(var + eps) * (g - mean(g) - x_hat * mean(g * x_hat))`,
 //! `dgamma = sum(g * x_hat)`, `dbeta = sum(g)` (means and sums per channel).
 //!
-//! It serves `Flex`, `NdArray` and their `Autodiff` wrappers; other backends get `None`
+//! The arithmetic is `splitnas_kernels::affine`'s; this module is its Burn side. It serves
+//! the backends `splitnas_host::route` sends to the host kernels; other backends get `None`
 //! and keep the tensor formula of [`crate::bn`]. The tests compare outputs and all three
 //! gradients with that formula run through Burn's autodiff.
 
-use std::any::TypeId;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -24,16 +24,10 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
-use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use rayon::prelude::*;
-
-use crate::fastpool::{same, HostFloats};
-
-/// Below this many elements one thread does the whole layer (the pool's hand-off costs
-/// more than it saves).
-const PARALLEL_FROM: usize = 1 << 15;
+use burn::tensor::Tensor;
+use splitnas_host::kernels::affine::{self, Stats};
+use splitnas_host::{dispatch, from_float, into_float, same, tensor, HostFloats};
 
 /// Training-mode BatchNorm of `x` (`[N, C, H, W]`) with optional per-channel `gamma` and
 /// `beta`: the output, and the batch mean and biased batch variance per channel (for the
@@ -44,86 +38,22 @@ pub fn batch_norm_train<B: Backend>(
     beta: Option<Tensor<B, 1>>,
     epsilon: f64,
 ) -> Option<(Tensor<B, 4>, Vec<f32>, Vec<f32>)> {
-    let b = TypeId::of::<B>();
-    if b == TypeId::of::<Autodiff<Flex>>() {
-        let (y, m, v) = bn_autodiff::<Flex>(same(x), gamma.map(same), beta.map(same), epsilon);
-        return Some((same(y), m, v));
-    }
-    if b == TypeId::of::<Autodiff<NdArray>>() {
-        let (y, m, v) = bn_autodiff::<NdArray>(same(x), gamma.map(same), beta.map(same), epsilon);
-        return Some((same(y), m, v));
-    }
-    if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
-        let device = x.device();
-        let dims = x.dims();
-        let xs = HostFloats::new(x);
-        let floats = |t: Tensor<B, 1>| HostFloats::new(t).to_vec();
-        let (gamma, beta) = (gamma.map(floats), beta.map(floats));
-        let (out, stats) = forward(&xs, dims, gamma.as_deref(), beta.as_deref(), epsilon);
-        let y = Tensor::from_data(TensorData::new(out, dims), &device);
-        return Some((y, stats.mean, stats.var));
-    }
-    None
-}
-
-/// Per-channel batch statistics.
-#[derive(Clone, Debug)]
-struct Stats {
-    mean: Vec<f32>,
-    /// Biased variance.
-    var: Vec<f32>,
-    /// `1 / sqrt(var + eps)`.
-    inv_std: Vec<f32>,
-}
-
-/// Sum over a plane, vectorized in eight f32 lanes, totalled in f64.
-fn plane_sum(p: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    plane_sum_pair(p, p, |v, _| f(v))
-}
-
-/// Runs `f(channel)` for every channel, on the pool when the layer is large.
-fn per_channel<T: Send>(c: usize, work: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    if work >= PARALLEL_FROM {
-        (0..c).into_par_iter().map(f).collect()
-    } else {
-        (0..c).map(f).collect()
-    }
-}
-
-/// Runs `f(plane index, plane)` over the `[N * C]` planes of `out`.
-fn per_plane(out: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    if out.len() >= PARALLEL_FROM {
-        out.par_chunks_mut(hw)
-            .enumerate()
-            .for_each(|(p, o)| f(p, o));
-    } else {
-        out.chunks_mut(hw).enumerate().for_each(|(p, o)| f(p, o));
-    }
-}
-
-fn stats(xs: &[f32], [n, c, h, w]: [usize; 4], epsilon: f64) -> Stats {
-    let hw = h * w;
-    let count = (n * hw) as f64;
-    let plane = |ni: usize, ci: usize| &xs[(ni * c + ci) * hw..][..hw];
-    let mv: Vec<(f32, f32)> = per_channel(c, xs.len(), |ci| {
-        let mean = (0..n)
-            .map(|ni| plane_sum(plane(ni, ci), |v| v))
-            .sum::<f64>()
-            / count;
-        let m = mean as f32;
-        let var = (0..n)
-            .map(|ni| plane_sum(plane(ni, ci), |v| (v - m) * (v - m)))
-            .sum::<f64>()
-            / count;
-        (m, var as f32)
-    });
-    let mean: Vec<f32> = mv.iter().map(|p| p.0).collect();
-    let var: Vec<f32> = mv.iter().map(|p| p.1).collect();
-    let inv_std = var
-        .iter()
-        .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
-        .collect();
-    Stats { mean, var, inv_std }
+    dispatch!(B {
+        autodiff I => {
+            let (y, m, v) = bn_autodiff::<I>(same(x), gamma.map(same), beta.map(same), epsilon);
+            Some((same(y), m, v))
+        },
+        host => {
+            let device = x.device();
+            let dims = x.dims();
+            let xs = HostFloats::new(x);
+            let floats = |t: Tensor<B, 1>| HostFloats::new(t).to_vec();
+            let (gamma, beta) = (gamma.map(floats), beta.map(floats));
+            let (out, stats) = forward(&xs, dims, gamma.as_deref(), beta.as_deref(), epsilon);
+            Some((tensor(out, dims, &device), stats.mean, stats.var))
+        },
+        generic => None,
+    })
 }
 
 /// The normalized (and, with `gamma`/`beta`, scaled and shifted) output, and the stats.
@@ -134,18 +64,9 @@ fn forward(
     beta: Option<&[f32]>,
     epsilon: f64,
 ) -> (Vec<f32>, Stats) {
-    let [_, c, h, w] = dims;
-    let hw = h * w;
-    let s = stats(xs, dims, epsilon);
+    let s = affine::batch_stats(xs, dims, epsilon);
     let mut out = vec![0f32; xs.len()];
-    per_plane(&mut out, hw, |p, o| {
-        let ci = p % c;
-        let scale = s.inv_std[ci] * gamma.map_or(1.0, |g| g[ci]);
-        let shift = beta.map_or(0.0, |b| b[ci]) - s.mean[ci] * scale;
-        for (o, &v) in o.iter_mut().zip(&xs[p * hw..][..hw]) {
-            *o = v * scale + shift;
-        }
-    });
+    affine::normalize(xs, dims, &s, gamma, beta, &mut out);
     (out, s)
 }
 
@@ -177,8 +98,7 @@ impl<I: Backend> Backward<I, 3> for BnBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
-        let grad: Tensor<I, 4> =
-            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let grad: Tensor<I, 4> = from_float(grads.consume::<I>(&ops.node));
         if node_x.is_none() && node_gamma.is_none() && node_beta.is_none() {
             return;
         }
@@ -189,45 +109,25 @@ impl<I: Backend> Backward<I, 3> for BnBackward {
             gamma,
         } = ops.state;
         let device = grad.device();
-        let [n, c, h, w] = dims;
-        let hw = h * w;
-        let count = (n * hw) as f64;
+        let c = dims[1];
         let gs = HostFloats::new(grad);
-        let at = |ni: usize, ci: usize| (ni * c + ci) * hw..(ni * c + ci) * hw + hw;
-        // Per channel: sum(g) and sum(g * x_hat).
-        let sums: Vec<(f64, f64)> = per_channel(c, gs.len(), |ci| {
-            let (m, is) = (s.mean[ci], s.inv_std[ci]);
-            let mut sg = 0f64;
-            let mut sgx = 0f64;
-            for ni in 0..n {
-                let r = at(ni, ci);
-                let (g, x) = (&gs[r.clone()], &xs[r]);
-                sg += plane_sum(g, |v| v);
-                sgx += plane_sum_pair(g, x, |gv, xv| gv * (xv - m) * is);
-            }
-            (sg, sgx)
-        });
+        let sums = affine::grad_sums(&gs, &xs, dims, &s);
         if let Some(node) = node_x {
             let mut gx = vec![0f32; gs.len()];
-            per_plane(&mut gx, hw, |p, o| {
-                let ci = p % c;
-                let (m, is) = (s.mean[ci], s.inv_std[ci]);
-                let k = is * gamma.as_ref().map_or(1.0, |g| g[ci]);
-                let mg = (sums[ci].0 / count) as f32;
-                let mgx = (sums[ci].1 / count) as f32;
-                let (g, x) = (&gs[p * hw..][..hw], &xs[p * hw..][..hw]);
-                for ((o, &gv), &xv) in o.iter_mut().zip(g).zip(x) {
-                    *o = k * (gv - mg - (xv - m) * is * mgx);
-                }
-            });
-            let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
-            grads.register::<I>(node.id, gx.into_primitive().tensor());
+            affine::input_grad(
+                &gs,
+                &xs,
+                dims,
+                &s,
+                gamma.as_deref().map(|g| &g[..]),
+                &sums,
+                &mut gx,
+            );
+            grads.register::<I>(node.id, into_float(tensor::<I, 4>(gx, dims, &device)));
         }
         let channel = |f: fn(&(f64, f64)) -> f64| {
             let v: Vec<f32> = sums.iter().map(|p| f(p) as f32).collect();
-            Tensor::<I, 1>::from_data(TensorData::new(v, [c]), &device)
-                .into_primitive()
-                .tensor()
+            into_float(tensor::<I, 1>(v, [c], &device))
         };
         if let Some(node) = node_gamma {
             grads.register::<I>(node.id, channel(|p| p.1));
@@ -236,23 +136,6 @@ impl<I: Backend> Backward<I, 3> for BnBackward {
             grads.register::<I>(node.id, channel(|p| p.0));
         }
     }
-}
-
-/// `sum(f(a[i], b[i]))` in eight f32 lanes, totalled in f64.
-pub(crate) fn plane_sum_pair(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += f(x[i], y[i]);
-        }
-    }
-    let mut total: f64 = ra.iter().zip(rb).map(|(&x, &y)| f(x, y) as f64).sum();
-    for a in acc {
-        total += a as f64;
-    }
-    total
 }
 
 fn bn_autodiff<I: Backend>(
@@ -277,7 +160,7 @@ fn bn_autodiff<I: Backend>(
         .unwrap_or_else(|| Tensor::zeros([c], &device))
         .into_primitive()
         .tensor();
-    let inner = Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(xp.primitive.clone()));
+    let inner = from_float::<I, 4>(xp.primitive.clone());
     let xs = HostFloats::new(inner);
     let (out, s) = forward(
         &xs,
@@ -287,9 +170,7 @@ fn bn_autodiff<I: Backend>(
         epsilon,
     );
     let inner_device = I::float_device(&xp.primitive);
-    let y = Tensor::<I, 4>::from_data(TensorData::new(out, dims), &inner_device)
-        .into_primitive()
-        .tensor();
+    let y = into_float(tensor::<I, 4>(out, dims, &inner_device));
     let (mean, var) = (s.mean.clone(), s.var.clone());
     let out = match BnBackward
         .prepare::<NoCheckpointing>([xp.node.clone(), gp.node.clone(), bp.node.clone()])
@@ -307,17 +188,14 @@ fn bn_autodiff<I: Backend>(
         ),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    (
-        Tensor::from_primitive(TensorPrimitive::Float(out)),
-        mean,
-        var,
-    )
+    (from_float(out), mean, var)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
+    use burn::backend::{Flex, NdArray};
+    use burn::tensor::{Distribution, TensorData};
 
     /// The tensor formula (what `crate::bn` runs on other backends), through Burn's autodiff.
     fn reference<B: Backend>(

@@ -13,29 +13,27 @@
 //! * input gradient = convolution of the (zero-interleaved, for stride > 1)
 //!   output gradient with the flipped kernel (transposed in the channel axes for
 //!   dense convolutions), padding `dilation * (kernel - 1) - padding`;
-//! * depthwise weight gradient = a depthwise convolution of the input with the
-//!   output gradient as kernel (batch folded into channels, then summed);
+//! * depthwise weight gradient = the host kernel
+//!   `splitnas_kernels::conv::depthwise_weight_grad` (as a convolution it would have the
+//!   whole output map as kernel, which flex runs 5x slower);
 //! * 1x1 weight gradient = one batched matrix product.
 //!
 //! Other backends (CUDA, wgpu), convolutions with bias, groups other than 1 or
 //! depthwise, and asymmetric options use Burn's own convolution unchanged.
 //! `tests::backward_matches_burn` checks the gradients against Burn's.
 
-use std::any::{Any, TypeId};
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::{Flex, NdArray};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorPrimitive};
-
-use crate::fastpool::{HostFloats, Window};
+use burn::tensor::Tensor;
+use splitnas_host::kernels::{conv, Geom};
+use splitnas_host::{from_float, route, same, tensor, HostFloats, Inner, Route};
 
 /// The forward pass of `conv` on `x`, with the fast backward where available.
 pub fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -60,13 +58,11 @@ pub fn conv2d<B: Backend>(
     if !supported(&x.dims(), &weight.dims(), &options) {
         return burn::tensor::module::conv2d(x, weight, None, options);
     }
-    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
-        return via::<B, Flex>(x, weight, options);
+    match route::<B>() {
+        Route::Autodiff(Inner::Flex) => via::<B, burn::backend::Flex>(x, weight, options),
+        Route::Autodiff(Inner::NdArray) => via::<B, burn::backend::NdArray>(x, weight, options),
+        Route::Host | Route::Generic => burn::tensor::module::conv2d(x, weight, None, options),
     }
-    if TypeId::of::<B>() == TypeId::of::<Autodiff<NdArray>>() {
-        return via::<B, NdArray>(x, weight, options);
-    }
-    burn::tensor::module::conv2d(x, weight, None, options)
 }
 
 /// Square options, dense or depthwise, and a non-negative transposed padding.
@@ -78,14 +74,6 @@ fn supported(x: &[usize; 4], w: &[usize; 4], o: &ConvOptions<2>) -> bool {
     let depthwise = o.groups == x[1] && w[0] == x[1] && w[1] == 1;
     let dense = o.groups == 1 && w[1] == x[1];
     square && (depthwise || dense) && o.dilation[0] * (w[2] - 1) >= o.padding[0]
-}
-
-/// Moves a value between two types that `TypeId` has shown to be the same.
-fn same<T: 'static, U: 'static>(value: T) -> U {
-    let boxed: Box<dyn Any> = Box::new(value);
-    *boxed
-        .downcast::<U>()
-        .expect("caller checked the TypeIds are equal")
 }
 
 fn via<B: Backend, I: Backend>(
@@ -111,10 +99,10 @@ impl<I: Backend> Backward<I, 2> for FastConv2d {
         checkpointer: &mut Checkpointer,
     ) {
         let [node_x, node_w] = ops.parents;
-        let grad = float::<I>(grads.consume::<I>(&ops.node));
+        let grad = from_float::<I, 4>(grads.consume::<I>(&ops.node));
         let (x_state, w_state, options) = ops.state;
-        let x = float::<I>(checkpointer.retrieve_node_output(x_state));
-        let w = float::<I>(checkpointer.retrieve_node_output(w_state));
+        let x = from_float::<I, 4>(checkpointer.retrieve_node_output(x_state));
+        let w = from_float::<I, 4>(checkpointer.retrieve_node_output(w_state));
         // The two gradients are independent: on the pool side by side (the backward pass
         // otherwise runs one step at a time on one thread).
         let x_dims = x.dims();
@@ -140,10 +128,6 @@ impl<I: Backend> Backward<I, 2> for FastConv2d {
     }
 }
 
-fn float<I: Backend>(t: I::FloatTensorPrimitive) -> Tensor<I, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
 /// The inner backend's forward convolution; a 1x1, stride-1, unpadded dense one as one
 /// batched matrix product `w [O, I] x [N, I, HW]` (flex lowers it through im2col and
 /// writes the product back element by element, 14% of a K=4 search step).
@@ -152,7 +136,7 @@ fn forward<I: Backend>(
     w: I::FloatTensorPrimitive,
     o: &ConvOptions<2>,
 ) -> I::FloatTensorPrimitive {
-    let (x, w) = (float::<I>(x), float::<I>(w));
+    let (x, w) = (from_float::<I, 4>(x), from_float::<I, 4>(w));
     let [n, c_in, h, wd] = x.dims();
     let [c_out, wc, kh, kw] = w.dims();
     if o.groups == 1
@@ -194,7 +178,7 @@ fn conv2d_autodiff<I: Backend>(
         }
         OpsKind::UnTracked(prep) => prep.finish(forward::<I>(x.primitive, w.primitive, &options)),
     };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    from_float(out)
 }
 
 /// d loss / d x: the output gradient, zero-interleaved by the stride, convolved
@@ -234,7 +218,7 @@ fn input_grad<I: Backend>(
         flipped.into_primitive().tensor(),
         &ConvOptions::new([1, 1], [pt, pt], [d, d], o.groups),
     );
-    let out = float::<I>(out);
+    let out = from_float::<I, 4>(out);
     let [_, _, oh, ow] = out.dims();
     if oh == h && ow == wd {
         out
@@ -268,7 +252,7 @@ fn weight_grad<I: Backend>(
     // Correlate input with output gradient: the gradient plays the kernel,
     // stride and dilation swap roles.
     let corr = |input: Tensor<I, 4>, kernel: Tensor<I, 4>, groups: usize| {
-        float::<I>(I::conv2d(
+        from_float::<I, 4>(I::conv2d(
             input.into_primitive().tensor(),
             kernel.into_primitive().tensor(),
             None,
@@ -284,11 +268,8 @@ fn weight_grad<I: Backend>(
     }
 }
 
-/// Depthwise weight gradient, `gw[c, i, j] = sum_{n, oh, ow} x[n, c, oh*s + i*d - p,
-/// ow*s + j*d - p] * grad[n, c, oh, ow]`, computed directly on host memory (this
-/// path only serves the CPU backends), channels split over rayon's pool.
-/// As a convolution it would have the whole output map as kernel, which flex
-/// runs 5x slower than this loop.
+/// Depthwise weight gradient on host memory (this path only serves the CPU backends):
+/// `splitnas_kernels::conv::depthwise_weight_grad`.
 fn depthwise_weight_grad<I: Backend>(
     x: Tensor<I, 4>,
     grad: Tensor<I, 4>,
@@ -299,150 +280,24 @@ fn depthwise_weight_grad<I: Backend>(
 ) -> Tensor<I, 4> {
     let device = x.device();
     let [n, c, h, w] = x.dims();
-    let [_, _, ho, wo] = grad.dims();
+    let [_, _, oh, ow] = grad.dims();
+    // the output size of the forward convolution, which ran with these options
+    let g = Geom {
+        oh,
+        ow,
+        ..Geom::square(c, [h, w], k, s, p, d)
+    };
     let xs = HostFloats::new(x);
     let gs = HostFloats::new(grad);
     let mut out = vec![0f32; c * k * k];
-    let geometry = Geometry {
-        n,
-        c,
-        h,
-        w,
-        ho,
-        wo,
-        k,
-        s,
-        p,
-        d,
-    };
-    // On the rayon pool: this runs inside the backward pass, often beside the input
-    // gradient (`rayon::join`), where spawning threads per call would oversubscribe.
-    use rayon::prelude::*;
-    out.par_chunks_mut(k * k)
-        .enumerate()
-        .for_each(|(ci, acc)| geometry.channel(ci, &xs, &gs, acc));
-    Tensor::from_data(burn::tensor::TensorData::new(out, [c, 1, k, k]), &device)
-}
-
-struct Geometry {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    d: usize,
-}
-
-impl Geometry {
-    /// Accumulates the k*k weight gradient of channel `ci` into `acc`: built for AVX2
-    /// when the CPU has it (checked at run time; the binary targets baseline x86-64,
-    /// whose 4-wide SSE2 halves the width of the row dot products), else portable.
-    fn channel(&self, ci: usize, xs: &[f32], gs: &[f32], acc: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked on the line above).
-            unsafe { self.channel_avx2(ci, xs, gs, acc) };
-            return;
-        }
-        self.channel_portable(ci, xs, gs, acc);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn channel_avx2(&self, ci: usize, xs: &[f32], gs: &[f32], acc: &mut [f32]) {
-        self.channel_portable(ci, xs, gs, acc);
-    }
-
-    #[inline(always)]
-    fn channel_portable(&self, ci: usize, xs: &[f32], gs: &[f32], acc: &mut [f32]) {
-        let Geometry {
-            n,
-            c,
-            h,
-            w,
-            ho,
-            wo,
-            k,
-            s,
-            p,
-            d,
-        } = *self;
-        // Per kernel column j: the output columns [lo, hi) whose input column
-        // ow*s + j*d - p lies inside, and the input column of output lo. Once per call:
-        // per row they were two integer divisions per tap, as costly as the products.
-        let window = Window::new(k, s, p);
-        let spans: Vec<(usize, usize, usize)> = (0..k)
-            .map(|j| {
-                let (lo, hi) = window.valid(j * d, w, wo);
-                (lo, hi, (lo * s + j * d).saturating_sub(p))
-            })
-            .collect();
-        let mut lanes = vec![[0f32; 8]; k * k];
-        for ni in 0..n {
-            let xp = &xs[(ni * c + ci) * h * w..][..h * w];
-            let gp = &gs[(ni * c + ci) * ho * wo..][..ho * wo];
-            for i in 0..k {
-                for oh in 0..ho {
-                    let r = (oh * s + i * d) as isize - p as isize;
-                    if r < 0 || r >= h as isize {
-                        continue;
-                    }
-                    let xrow = &xp[r as usize * w..][..w];
-                    let grow = &gp[oh * wo..][..wo];
-                    for (j, &(lo, hi, start)) in spans.iter().enumerate() {
-                        if lo >= hi {
-                            continue;
-                        }
-                        let t = i * k + j;
-                        if s == 1 {
-                            dot_into(
-                                &mut lanes[t],
-                                &xrow[start..start + (hi - lo)],
-                                &grow[lo..hi],
-                            );
-                        } else {
-                            let shift = j * d;
-                            lanes[t][0] += (lo..hi)
-                                .map(|ow| xrow[ow * s + shift - p] * grow[ow])
-                                .sum::<f32>();
-                        }
-                    }
-                }
-            }
-        }
-        for (a, l) in acc.iter_mut().zip(&lanes) {
-            *a += l.iter().sum::<f32>();
-        }
-    }
-}
-
-/// Adds `a[i] * b[i]` into 8 running lane sums (the tail into lane 0): one tap's
-/// products over every row and image stay in the lanes and are totalled once, not per
-/// row (a horizontal sum per 32-wide row cost as much as its products).
-#[inline(always)]
-fn dot_into(lanes: &mut [f32; 8], a: &[f32], b: &[f32]) {
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes[0] += tail;
+    conv::depthwise_weight_grad(&xs, &gs, n, &g, &mut out);
+    tensor(out, [c, 1, k, k], &device)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::Flex;
     use burn::tensor::{Distribution, Tolerance};
 
     type A = Autodiff<Flex>;

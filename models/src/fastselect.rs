@@ -1,5 +1,6 @@
-//! Channel selection `y[:, j] = x[:, index[j]]` (Burn's `select` on dimension 1)
-//! with a plane-copy CPU kernel and its backward pass.
+//! Channel selection `y[:, j] = x[:, index[j]]` (Burn's `select` on dimension 1), its
+//! merge of two inputs, and every-second-pixel subsampling, on the plane-copy kernels of
+//! `splitnas_kernels::select`, each with its backward pass as one autodiff step.
 //!
 //! The channel shuffle of the split selector (a reshape, a swap of two axes and a
 //! reshape back) and the channel gathers of the random and attention selectors
@@ -7,13 +8,13 @@
 //! backend makes the swapped 5-D view contiguous through a per-element index
 //! iterator (its tiled copy only covers layouts that collapse to two axes), and
 //! the backward pass pays it again; on a K=4 search step that was about a fifth
-//! of the time. Here every output channel is one `H * W` plane, so the kernel is
-//! a `memcpy` per plane, and the backward pass adds each gradient plane back
-//! onto the channel it came from (an index may repeat; its gradients add up).
+//! of the time. Here every output channel is one `H * W` plane copy, and the backward
+//! pass adds each gradient plane back onto the channel it came from (an index may
+//! repeat; its gradients add up).
 //!
-//! [`select_channels`] serves `Flex`, `NdArray` and their `Autodiff` wrappers;
-//! other backends (CUDA, wgpu) use `Tensor::select`. The tests compare values and
-//! gradients with `Tensor::select`.
+//! The functions serve the backends `splitnas_host::route` sends to the host kernels;
+//! other backends (CUDA, wgpu) use `Tensor::select` and slices. The tests compare values
+//! and gradients with those.
 
 use std::sync::Arc;
 
@@ -22,12 +23,16 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
-use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
-use std::any::TypeId;
+use burn::tensor::{Int, Tensor, TensorData};
+use splitnas_host::kernels::select;
+use splitnas_host::{
+    dispatch, fresh_tensor, from_float, into_float, same, step, tensor, HostFloats,
+};
 
-use crate::fastpool::{same, HostFloats};
+/// Whether [`select_channels`], [`merge_channels`] and [`subsample`] run on their host
+/// kernels for backend `B` (`splitnas_host::on_host`).
+pub use splitnas_host::on_host;
 
 /// `x.select(1, index)`: output channel `j` is input channel `index[j]`.
 ///
@@ -40,30 +45,11 @@ pub fn select_channels<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B
         index.iter().all(|&i| i < c),
         "channel index out of range for {c} channels"
     );
-    let b = TypeId::of::<B>();
-    if b == TypeId::of::<Autodiff<Flex>>() {
-        return same(select_autodiff::<Flex>(same(x), index));
-    }
-    if b == TypeId::of::<Autodiff<NdArray>>() {
-        return same(select_autodiff::<NdArray>(same(x), index));
-    }
-    if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
-        return select_forward(x, index);
-    }
-    burn_select(x, index)
-}
-
-/// Whether [`select_channels`], [`merge_channels`] and [`subsample`] run on their
-/// host kernels for backend `B` (Flex, NdArray and their Autodiff wrappers).
-pub fn on_host<B: Backend>() -> bool {
-    let b = TypeId::of::<B>();
-    [
-        TypeId::of::<Autodiff<Flex>>(),
-        TypeId::of::<Autodiff<NdArray>>(),
-        TypeId::of::<Flex>(),
-        TypeId::of::<NdArray>(),
-    ]
-    .contains(&b)
+    dispatch!(B {
+        autodiff I => same(select_autodiff::<I>(same(x), index)),
+        host => select_forward(x, index),
+        generic => burn_select(x, index),
+    })
 }
 
 /// Every second row and column from `offset` (0 or 1): `y[n, c, i, j] = x[n, c,
@@ -75,21 +61,16 @@ pub fn on_host<B: Backend>() -> bool {
 /// # Shapes
 /// `[N, C, H, W] -> [N, C, ceil((H - offset) / 2), ceil((W - offset) / 2)]`
 pub fn subsample<B: Backend>(x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
-    let b = TypeId::of::<B>();
-    if b == TypeId::of::<Autodiff<Flex>>() {
-        return same(subsample_autodiff::<Flex>(same(x), offset));
-    }
-    if b == TypeId::of::<Autodiff<NdArray>>() {
-        return same(subsample_autodiff::<NdArray>(same(x), offset));
-    }
-    if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
-        return subsample_forward(x, offset);
-    }
-    let [n, c, h, w] = x.dims();
-    let (ho, wo) = (
-        h.saturating_sub(offset).div_ceil(2),
-        w.saturating_sub(offset).div_ceil(2),
-    );
+    dispatch!(B {
+        autodiff I => same(subsample_autodiff::<I>(same(x), offset)),
+        host => subsample_forward(x, offset),
+        generic => burn_subsample(x, offset),
+    })
+}
+
+/// [`subsample`] with Burn's tensor operations.
+fn burn_subsample<B: Backend>(x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
+    let [n, c, ho, wo] = subsample_dims(x.dims(), offset);
     if ho == 0 || wo == 0 {
         return Tensor::zeros([n, c, ho, wo], &x.device());
     }
@@ -110,29 +91,18 @@ fn subsample_dims([n, c, h, w]: [usize; 4], offset: usize) -> [usize; 4] {
     [
         n,
         c,
-        h.saturating_sub(offset).div_ceil(2),
-        w.saturating_sub(offset).div_ceil(2),
+        select::subsample_len(h, offset, 2),
+        select::subsample_len(w, offset, 2),
     ]
 }
 
 fn subsample_forward<B: Backend>(x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
     let device = x.device();
-    let dims = x.dims();
-    let out_dims = subsample_dims(dims, offset);
-    let [_, _, h, w] = dims;
-    let [_, _, ho, wo] = out_dims;
-    if out_dims.iter().product::<usize>() == 0 {
-        return Tensor::zeros(out_dims, &device);
-    }
+    let [n, c, h, w] = x.dims();
     let xs = HostFloats::new(x);
-    let mut out = Vec::with_capacity(out_dims.iter().product());
-    for plane in xs.chunks_exact(h * w) {
-        for i in 0..ho {
-            let row = &plane[(offset + 2 * i) * w..][..w];
-            out.extend((0..wo).map(|j| row[offset + 2 * j]));
-        }
-    }
-    Tensor::from_data(TensorData::new(out, out_dims), &device)
+    fresh_tensor(subsample_dims([n, c, h, w], offset), &device, |o| {
+        select::subsample(&xs, n * c, [h, w], offset, [2, 2], o)
+    })
 }
 
 #[derive(Debug)]
@@ -144,27 +114,15 @@ impl<I: Backend> Backward<I, 1> for SubsampleBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
-        let grad: Tensor<I, 4> =
-            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let grad: Tensor<I, 4> = from_float(grads.consume::<I>(&ops.node));
         let Some(node) = node else { return };
         let (dims, offset) = ops.state;
-        let [_, _, h, w] = dims;
-        let [_, _, ho, wo] = subsample_dims(dims, offset);
+        let [n, c, h, w] = dims;
         let device = grad.device();
         let mut gx = vec![0f32; dims.iter().product()];
-        if ho * wo > 0 {
-            let gs = HostFloats::new(grad);
-            for (plane, g) in gx.chunks_exact_mut(h * w).zip(gs.chunks_exact(ho * wo)) {
-                for (i, g) in g.chunks_exact(wo).enumerate() {
-                    let row = &mut plane[(offset + 2 * i) * w..][..w];
-                    for (j, &v) in g.iter().enumerate() {
-                        row[offset + 2 * j] = v;
-                    }
-                }
-            }
-        }
-        let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
-        grads.register::<I>(node.id, gx.into_primitive().tensor());
+        let gs = HostFloats::new(grad);
+        select::subsample_backward(&gs, n * c, [h, w], offset, [2, 2], &mut gx);
+        grads.register::<I>(node.id, into_float(tensor::<I, 4>(gx, dims, &device)));
     }
 }
 
@@ -173,24 +131,12 @@ fn subsample_autodiff<I: Backend>(
     offset: usize,
 ) -> Tensor<Autodiff<I>, 4> {
     let dims = x.dims();
-    let x = x.into_primitive().tensor();
-    let inner =
-        |t: I::FloatTensorPrimitive| Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(t));
-    let out = match SubsampleBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let y = subsample_forward(inner(x.primitive), offset);
-            prep.finish((dims, offset), y.into_primitive().tensor())
-        }
-        OpsKind::UnTracked(prep) => {
-            let y = subsample_forward(inner(x.primitive), offset);
-            prep.finish(y.into_primitive().tensor())
-        }
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    step::unary(x, SubsampleBackward, |x, tracked| {
+        (
+            subsample_forward(x, offset),
+            tracked.then_some((dims, offset)),
+        )
+    })
 }
 
 /// `Tensor::select` on dimension 1 with host indices.
@@ -229,17 +175,11 @@ pub fn merge_channels<B: Backend>(
         index.iter().all(|&i| i < ca + cb),
         "channel index out of range for {ca} + {cb} channels"
     );
-    let id = TypeId::of::<B>();
-    if id == TypeId::of::<Autodiff<Flex>>() {
-        return same(merge_autodiff::<Flex>(same(a), same(b), index));
-    }
-    if id == TypeId::of::<Autodiff<NdArray>>() {
-        return same(merge_autodiff::<NdArray>(same(a), same(b), index));
-    }
-    if id == TypeId::of::<Flex>() || id == TypeId::of::<NdArray>() {
-        return merge_forward(a, b, index);
-    }
-    burn_select(Tensor::cat(vec![a, b], 1), index)
+    dispatch!(B {
+        autodiff I => same(merge_autodiff::<I>(same(a), same(b), index)),
+        host => merge_forward(a, b, index),
+        generic => burn_select(Tensor::cat(vec![a, b], 1), index),
+    })
 }
 
 /// The same values in a freshly laid out buffer, and the same for the gradient on
@@ -257,78 +197,19 @@ pub fn contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 fn select_forward<B: Backend>(x: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
     let device = x.device();
     let [n, c, h, w] = x.dims();
-    let plane = h * w;
-    if n * c * plane == 0 || index.is_empty() {
-        return Tensor::zeros([n, index.len(), h, w], &device);
-    }
     let xs = HostFloats::new(x);
-    let mut out = Vec::with_capacity(n * index.len() * plane);
-    for sample in xs.chunks_exact(c * plane) {
-        for &i in index {
-            out.extend_from_slice(&sample[i * plane..][..plane]);
-        }
-    }
-    Tensor::from_data(TensorData::new(out, [n, index.len(), h, w]), &device)
+    fresh_tensor([n, index.len(), h, w], &device, |o| {
+        select::select_planes(&xs, [n, c], h * w, index, o)
+    })
 }
 
 fn merge_forward<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>, index: &[usize]) -> Tensor<B, 4> {
     let device = a.device();
     let ([n, ca, h, w], cb) = (a.dims(), b.dims()[1]);
-    let plane = h * w;
-    if n * plane == 0 || index.is_empty() || ca == 0 || cb == 0 {
-        let shape = [n, index.len(), h, w];
-        if n * plane == 0 || index.is_empty() {
-            return Tensor::zeros(shape, &device);
-        }
-        // one side is empty: every index points into the other
-        return if ca == 0 {
-            select_forward(b, index)
-        } else {
-            select_forward(a, index)
-        };
-    }
     let (xa, xb) = (HostFloats::new(a), HostFloats::new(b));
-    let mut out = Vec::with_capacity(n * index.len() * plane);
-    for (sa, sb) in xa.chunks_exact(ca * plane).zip(xb.chunks_exact(cb * plane)) {
-        for &i in index {
-            let src = if i < ca {
-                &sa[i * plane..]
-            } else {
-                &sb[(i - ca) * plane..]
-            };
-            out.extend_from_slice(&src[..plane]);
-        }
-    }
-    Tensor::from_data(TensorData::new(out, [n, index.len(), h, w]), &device)
-}
-
-/// Adds gradient plane `j` of `grad` (`[N, index.len(), H*W]`) onto channel
-/// `index[j] - offset` of a zero `[N, channels, H*W]` buffer, for the indices in
-/// `offset..offset + channels`.
-fn scatter_planes(
-    grad: &[f32],
-    index: &[usize],
-    [n, channels, h, w]: [usize; 4],
-    offset: usize,
-) -> Vec<f32> {
-    let plane = h * w;
-    let mut gx = vec![0f32; n * channels * plane];
-    if gx.is_empty() || grad.is_empty() {
-        return gx;
-    }
-    for (gx, g) in gx
-        .chunks_exact_mut(channels * plane)
-        .zip(grad.chunks_exact(index.len() * plane))
-    {
-        for (&i, g) in index.iter().zip(g.chunks_exact(plane)) {
-            if (offset..offset + channels).contains(&i) {
-                for (a, b) in gx[(i - offset) * plane..][..plane].iter_mut().zip(g) {
-                    *a += b;
-                }
-            }
-        }
-    }
-    gx
+    fresh_tensor([n, index.len(), h, w], &device, |o| {
+        select::merge_planes(&xa, ca, &xb, cb, n, h * w, index, o)
+    })
 }
 
 #[derive(Debug)]
@@ -340,8 +221,7 @@ impl<I: Backend> Backward<I, 2> for MergeBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_a, node_b] = ops.parents;
-        let grad: Tensor<I, 4> =
-            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let grad: Tensor<I, 4> = from_float(grads.consume::<I>(&ops.node));
         if node_a.is_none() && node_b.is_none() {
             return;
         }
@@ -350,12 +230,26 @@ impl<I: Backend> Backward<I, 2> for MergeBackward {
         let gs = HostFloats::new(grad);
         for (node, dims, offset) in [(node_a, da, 0), (node_b, db, da[1])] {
             if let Some(node) = node {
-                let gx = scatter_planes(&gs, &index, dims, offset);
-                let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
-                grads.register::<I>(node.id, gx.into_primitive().tensor());
+                let gx = scatter::<I>(&gs, &index, dims, offset, &device);
+                grads.register::<I>(node.id, into_float(gx));
             }
         }
     }
+}
+
+/// The gradient of the input of shape `dims` whose channels start at `offset` among the
+/// selected ones.
+fn scatter<I: Backend>(
+    grad: &[f32],
+    index: &[usize],
+    dims: [usize; 4],
+    offset: usize,
+    device: &I::Device,
+) -> Tensor<I, 4> {
+    let [n, c, h, w] = dims;
+    let mut gx = vec![0f32; dims.iter().product()];
+    select::scatter_planes(grad, index, [n, c], h * w, offset, &mut gx);
+    tensor(gx, dims, device)
 }
 
 fn merge_autodiff<I: Backend>(
@@ -364,28 +258,21 @@ fn merge_autodiff<I: Backend>(
     index: &[usize],
 ) -> Tensor<Autodiff<I>, 4> {
     let (da, db) = (a.dims(), b.dims());
-    let a = a.into_primitive().tensor();
-    let b = b.into_primitive().tensor();
-    let inner =
-        |t: I::FloatTensorPrimitive| Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(t));
+    let a = into_float(a);
+    let b = into_float(b);
+    let forward = |a, b| into_float(merge_forward::<I>(from_float(a), from_float(b), index));
     let out = match MergeBackward
         .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => {
-            let y = merge_forward(inner(a.primitive), inner(b.primitive), index);
-            prep.finish(
-                (da, db, Arc::new(index.to_vec())),
-                y.into_primitive().tensor(),
-            )
-        }
-        OpsKind::UnTracked(prep) => {
-            let y = merge_forward(inner(a.primitive), inner(b.primitive), index);
-            prep.finish(y.into_primitive().tensor())
-        }
+        OpsKind::Tracked(prep) => prep.finish(
+            (da, db, Arc::new(index.to_vec())),
+            forward(a.primitive, b.primitive),
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(forward(a.primitive, b.primitive)),
     };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    from_float(out)
 }
 
 #[derive(Debug)]
@@ -397,15 +284,15 @@ impl<I: Backend> Backward<I, 1> for SelectBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
-        let grad: Tensor<I, 4> =
-            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let grad: Tensor<I, 4> = from_float(grads.consume::<I>(&ops.node));
         let Some(node) = node else { return };
         let (dims, index) = ops.state;
         let device = grad.device();
         let gs = HostFloats::new(grad);
-        let gx = scatter_planes(&gs, &index, dims, 0);
-        let gx = Tensor::<I, 4>::from_data(TensorData::new(gx, dims), &device);
-        grads.register::<I>(node.id, gx.into_primitive().tensor());
+        grads.register::<I>(
+            node.id,
+            into_float(scatter::<I>(&gs, &index, dims, 0, &device)),
+        );
     }
 }
 
@@ -414,32 +301,16 @@ fn select_autodiff<I: Backend>(
     index: &[usize],
 ) -> Tensor<Autodiff<I>, 4> {
     let dims = x.dims();
-    let x = x.into_primitive().tensor();
-    let inner =
-        |t: I::FloatTensorPrimitive| Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(t));
-    let out = match SelectBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let y = select_forward(inner(x.primitive), index);
-            prep.finish(
-                (dims, Arc::new(index.to_vec())),
-                y.into_primitive().tensor(),
-            )
-        }
-        OpsKind::UnTracked(prep) => {
-            let y = select_forward(inner(x.primitive), index);
-            prep.finish(y.into_primitive().tensor())
-        }
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    step::unary(x, SelectBackward, |x, tracked| {
+        let state = tracked.then(|| (dims, Arc::new(index.to_vec())));
+        (select_forward(x, index), state)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::{Flex, NdArray};
     use burn::tensor::{Distribution, Tolerance};
 
     /// Values and input gradients of sum(select(x) * r) against `Tensor::select`.
@@ -567,20 +438,7 @@ mod tests {
                         TensorData::new(xs.clone(), dims),
                         &Default::default(),
                     );
-                    let n = dims[0];
-                    let c = dims[1];
-                    let generic = {
-                        let x = xg.slice([
-                            0..n,
-                            0..c,
-                            offset..offset + 2 * ho - 1,
-                            offset..offset + 2 * wo - 1,
-                        ]);
-                        let x = x.pad((0, 1, 0, 1), burn::tensor::ops::PadMode::Constant(0.0));
-                        x.reshape([n, c, ho, 2, wo, 2])
-                            .slice([0..n, 0..c, 0..ho, 0..1, 0..wo, 0..1])
-                            .reshape([n, c, ho, wo])
-                    };
+                    let generic = burn_subsample(xg, offset);
                     assert_eq!(generic.into_data().to_vec::<f32>().unwrap(), want_y);
                 }
             }

@@ -17,11 +17,11 @@
 //! skips its SIMD paths and walks both operands with a per-element strided iterator,
 //! 6% of a K=16 search step. The terms are read in place (`HostFloats`), not copied.
 //!
-//! [`weighted_sum`] serves `Flex`, `NdArray` and their `Autodiff` wrappers for up
-//! to [`MAX_TERMS`] terms; other backends (CUDA, wgpu) and longer sums use the
-//! tensor expression. The tests compare values and gradients with it.
+//! The arithmetic is `splitnas_kernels::elementwise`'s. [`weighted_sum`] serves the
+//! backends `splitnas_host::route` sends to the host kernels (under `Autodiff` for up to
+//! [`MAX_TERMS`] terms); other backends (CUDA, wgpu) and longer sums use the tensor
+//! expression. The tests compare values and gradients with it.
 
-use std::any::TypeId;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -29,24 +29,13 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
-use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-
-use rayon::prelude::*;
-
-use crate::fastbn::plane_sum_pair;
-use crate::fastpool::{same, HostFloats};
+use burn::tensor::Tensor;
+use splitnas_host::kernels::elementwise;
+use splitnas_host::{from_float, into_float, route, same, tensor, HostFloats, Inner, Route};
 
 /// The most terms the host kernel takes (the 7 non-`none` DARTS operations fit).
 pub const MAX_TERMS: usize = 8;
-
-/// Elements per block of the forward sum: every term is added into one block of
-/// the output while the block stays in the L1 cache.
-const BLOCK: usize = 2048;
-
-/// From this many elements the blocks are spread over rayon's pool.
-const PARALLEL_FROM: usize = 1 << 16;
 
 /// `sum_i w[i] * ys[i]`.
 ///
@@ -61,20 +50,18 @@ pub fn weighted_sum<B: Backend>(ys: Vec<Tensor<B, 4>>, w: Tensor<B, 1>) -> Tenso
         ys.iter().all(|y| y.dims() == dims),
         "weighted_sum: tensors of different shapes"
     );
-    let b = TypeId::of::<B>();
-    if ys.len() <= MAX_TERMS {
-        if b == TypeId::of::<Autodiff<Flex>>() {
-            return same(autodiff_dispatch::<Flex>(same(ys), same(w)));
+    match route::<B>() {
+        Route::Autodiff(Inner::Flex) if ys.len() <= MAX_TERMS => {
+            same(autodiff_dispatch::<burn::backend::Flex>(same(ys), same(w)))
         }
-        if b == TypeId::of::<Autodiff<NdArray>>() {
-            return same(autodiff_dispatch::<NdArray>(same(ys), same(w)));
-        }
+        Route::Autodiff(Inner::NdArray) if ys.len() <= MAX_TERMS => same(autodiff_dispatch::<
+            burn::backend::NdArray,
+        >(
+            same(ys), same(w)
+        )),
+        Route::Host => sum_forward(ys, w, false).0,
+        _ => burn_sum(ys, w),
     }
-    if b == TypeId::of::<Flex>() || b == TypeId::of::<NdArray>() {
-        let (out, _) = sum_forward(ys, w, false);
-        return out;
-    }
-    burn_sum(ys, w)
 }
 
 /// The tensor expression the kernel replaces.
@@ -102,20 +89,8 @@ fn sum_forward<B: Backend>(
     let weights = HostFloats::new(w).to_vec();
     let values: Vec<HostFloats<B>> = ys.into_iter().map(HostFloats::new).collect();
     let mut out = vec![0f32; dims.iter().product()];
-    let block = |(start, block): (usize, &mut [f32])| {
-        let start = start * BLOCK;
-        for (y, &wi) in values.iter().zip(&weights) {
-            for (o, &v) in block.iter_mut().zip(&y[start..]) {
-                *o += wi * v;
-            }
-        }
-    };
-    if out.len() >= PARALLEL_FROM {
-        out.par_chunks_mut(BLOCK).enumerate().for_each(block);
-    } else {
-        out.chunks_mut(BLOCK).enumerate().for_each(block);
-    }
-    let out = Tensor::from_data(TensorData::new(out, dims), &device);
+    elementwise::add_weighted(&values, &weights, &mut out);
+    let out = tensor(out, dims, &device);
     let values = if keep { values } else { Vec::new() };
     (out, (Arc::new(weights), Arc::new(values)))
 }
@@ -133,8 +108,7 @@ impl<I: Backend, const N: usize> Backward<I, N> for SumBackward<N> {
     type State = ([usize; 4], Terms<I>);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad: Tensor<I, 4> =
-            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let grad: Tensor<I, 4> = from_float(grads.consume::<I>(&ops.node));
         if ops.parents.iter().all(Option::is_none) {
             return;
         }
@@ -142,33 +116,20 @@ impl<I: Backend, const N: usize> Backward<I, N> for SumBackward<N> {
         let device = grad.device();
         let g = HostFloats::new(grad);
         let (terms, w_node) = ops.parents.split_at(N - 1);
-        // One scaled copy of g per tracked term; the terms side by side when large.
-        let scaled = |(node, &wi): (&Option<_>, &f32)| {
-            node.as_ref()
-                .map(|_| g.iter().map(|&v| wi * v).collect::<Vec<f32>>())
-        };
-        let gys: Vec<Option<Vec<f32>>> = if g.len() >= PARALLEL_FROM {
-            terms
-                .par_iter()
-                .zip(weights.par_iter())
-                .map(scaled)
-                .collect()
-        } else {
-            terms.iter().zip(weights.iter()).map(scaled).collect()
-        };
+        // One scaled copy of g per tracked term.
+        let wanted: Vec<bool> = terms.iter().map(Option::is_some).collect();
+        let gys = elementwise::scaled_copies(&g, &weights, &wanted);
         for (node, gy) in terms.iter().zip(gys) {
             if let (Some(node), Some(gy)) = (node, gy) {
-                let gy = Tensor::<I, 4>::from_data(TensorData::new(gy, dims), &device);
-                grads.register::<I>(node.id, gy.into_primitive().tensor());
+                grads.register::<I>(node.id, into_float(tensor::<I, 4>(gy, dims, &device)));
             }
         }
         if let Some(node) = &w_node[0] {
             let gw: Vec<f32> = values
                 .iter()
-                .map(|y| plane_sum_pair(y, &g, |a, b| a * b) as f32)
+                .map(|y| elementwise::dot(y, &g) as f32)
                 .collect();
-            let gw = Tensor::<I, 1>::from_data(TensorData::new(gw, [N - 1]), &device);
-            grads.register::<I>(node.id, gw.into_primitive().tensor());
+            grads.register::<I>(node.id, into_float(tensor::<I, 1>(gw, [N - 1], &device)));
         }
     }
 }
@@ -206,11 +167,8 @@ fn sum_autodiff<I: Backend, const N: usize>(
         Some(y) => y.node.clone(),
         None => w.node.clone(),
     });
-    let inner_ys: Vec<Tensor<I, 4>> = ys
-        .into_iter()
-        .map(|y| Tensor::from_primitive(TensorPrimitive::Float(y.primitive)))
-        .collect();
-    let inner_w = Tensor::<I, 1>::from_primitive(TensorPrimitive::Float(w.primitive));
+    let inner_ys: Vec<Tensor<I, 4>> = ys.into_iter().map(|y| from_float(y.primitive)).collect();
+    let inner_w = from_float::<I, 1>(w.primitive);
     let out = match SumBackward::<N>
         .prepare::<NoCheckpointing>(parents)
         .compute_bound()
@@ -225,14 +183,15 @@ fn sum_autodiff<I: Backend, const N: usize>(
             prep.finish(y.into_primitive().tensor())
         }
     };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    from_float(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::{Flex, NdArray};
     use burn::tensor::backend::AutodiffBackend;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::{Distribution, TensorData, Tolerance};
 
     /// Values and gradients of sum(weighted_sum(ys, w) * r) against the tensor
     /// expression, with the terms `tracked[i]` and the weights `w_tracked` requiring

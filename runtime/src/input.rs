@@ -105,16 +105,8 @@ pub fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> Result<(), Runtime
         w.extend(data.iter().copied()).map_err(io)?;
         w.finish().map_err(io)?;
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("not a file name")))?;
-    let mut tmp = std::ffi::OsString::from(".");
-    tmp.push(name);
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp);
-    if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    Ok(())
+    splitnas_host::fs::write_atomic(path, &bytes).map_err(|e| RuntimeError::Write {
+        path: e.path,
+        source: e.source,
+    })
 }

@@ -12,7 +12,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRec
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
 
@@ -40,23 +40,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-/// A failure names `path` (not the temporary file) and leaves no temporary file behind.
+/// A failure names `path` (not the temporary file) and leaves no temporary file behind
+/// (`splitnas_host::fs`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = tmp_name(path);
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(path)(e)
-        })
-}
-
-fn tmp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    splitnas_host::fs::write_atomic(path, bytes).map_err(|e| io(&e.path)(e.source))
 }
 
 /// Saves a Burn record atomically to `path` (which must end in `.mpk`).
@@ -65,7 +52,7 @@ pub fn save_record<B: Backend, R: burn::record::Record<B>>(
     path: &Path,
 ) -> Result<(), TrainError> {
     let stem = path.with_extension("");
-    let tmp_stem = tmp_name(&stem).with_extension(""); // recorder adds `.mpk`
+    let tmp_stem = splitnas_host::fs::temp_path(&stem).with_extension(""); // recorder adds `.mpk`
     Rec::new()
         .record(record, tmp_stem.clone())
         .map_err(|e| TrainError::Corrupt {

@@ -1,0 +1,47 @@
+//! Hand-written CPU tensor kernels on plain slices: the one home of splitnas's convolution,
+//! pooling, batch-norm, weighted-sum and channel-selection kernels.
+//!
+//! ```
+//! use splitnas_kernels::{conv, fresh_vec, Geom};
+//! let g = Geom::square(1, [4, 4], 3, 1, 1, 1); // 1 channel, 4x4, 3x3 kernel, padding 1
+//! let y = fresh_vec(16, |out| conv::depthwise(&[1.0; 16], 1, &[1.0; 9], None, &g, false, out));
+//! ```
+//!
+//! Every kernel takes `&[f32]` inputs and a small shape struct and writes into memory the
+//! caller owns: a `&mut [f32]`, or (for the kernels that write every element of their
+//! output, through [`Output`]) a fresh vector's spare capacity via [`fresh_vec`], so no
+//! zero pass runs first. No Burn, no types of the search space.
+//!
+//! Each family has a portable implementation that defines the result; SIMD builds live in
+//! per-architecture modules (`x86_64`: AVX2 + FMA, AVX-512; `aarch64` NEON and `wasm32`
+//! simd128 modules go beside it) and are chosen once at run time ([`arch::level`]).
+//! The crate is `no_std` + `alloc`; the default `std` feature adds run-time CPU feature
+//! detection, rayon threads (where a layer is large enough to pay for them) and gemm's
+//! matrix product for 1x1 convolutions on CPUs without AVX-512.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod affine;
+pub mod arch;
+pub mod conv;
+pub mod elementwise;
+mod geom;
+mod out;
+mod par;
+pub mod pool;
+pub mod select;
+mod window;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+#[cfg(test)]
+mod old_check;
+#[cfg(test)]
+mod testing;
+
+pub use geom::Geom;
+pub use out::{fresh_vec, Fresh, Output};
