@@ -608,7 +608,7 @@ pub fn compact<B: Backend>(
     )?;
     if net.cells.len() != cfg.layers {
         return Err(CompactError::Structure(format!(
-            "{} cells for --layers {}",
+            "{} cells for a configuration of {} layers",
             net.cells.len(),
             cfg.layers
         )));

@@ -101,13 +101,6 @@ impl<B: Backend> BatchNorm2d<B> {
         (scale.reshape([1, c, 1, 1]), shift.reshape([1, c, 1, 1]))
     }
 
-    /// Inference-mode `(scale, shift)` per channel, for folding into a convolution.
-    pub fn folded_affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        let (scale, shift) = self.scale_shift(self.running_mean.value(), self.running_var.value());
-        let c = scale.dims()[1];
-        (scale.reshape([c]), shift.reshape([c]))
-    }
-
     fn forward_train(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let count = n * h * w;

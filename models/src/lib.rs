@@ -26,7 +26,7 @@ pub mod params;
 pub mod zoo;
 
 pub use genotype::{CellGenotype, CellPair, Genotype, GenotypeError, Primitive};
-pub use network::{Network, NetworkConfig, NetworkError};
+pub use network::{Network, NetworkConfig, NetworkError, NetworkSize};
 pub use params::{count_parameters, materialize};
 
 /// CPU backend used by the unit tests.

@@ -20,12 +20,12 @@ use burn::tensor::{backend::Backend, Tensor};
 pub enum NetworkError {
     /// A size that must be positive.
     #[error("{0} must be at least 1")]
-    Zero(&'static str),
+    Zero(NetworkSize),
     /// Two reductions need an image side divisible by 4.
     #[error("image size {0} is not divisible by 4 (the network halves it twice)")]
     ImageSize(usize),
     /// Layers too few for two reduction cells.
-    #[error("--layers {0}: the network needs at least 3 layers (reductions at L/3 and 2L/3)")]
+    #[error("the network needs at least 3 layers (reductions at L/3 and 2L/3); got {0}")]
     Layers(usize),
     /// Auxiliary head on a map smaller than 6x6.
     #[error("the auxiliary head needs a map of at least 6x6 after the second reduction; image size {0} gives {1}x{1}")]
@@ -33,6 +33,31 @@ pub enum NetworkError {
     /// A per-stage genotype with the wrong number of stages.
     #[error("the genotype has {0} stages; the network has 3 (cells before, between and after the two reductions)")]
     Stages(usize),
+}
+
+/// A size of [`NetworkConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetworkSize {
+    /// Initial channels C.
+    Channels,
+    /// Classes.
+    Classes,
+    /// Input channels.
+    InChannels,
+    /// Input image side.
+    ImageSize,
+}
+
+impl std::fmt::Display for NetworkSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetworkSize::Channels => "the channel count",
+            NetworkSize::Classes => "the class count",
+            NetworkSize::InChannels => "the input channel count",
+            NetworkSize::ImageSize => "the image size",
+        })
+    }
 }
 
 /// Configuration of the evaluation [`Network`].
@@ -72,10 +97,10 @@ impl NetworkConfig {
     /// Checks the sizes before building.
     pub fn validate(&self) -> Result<(), NetworkError> {
         for (v, name) in [
-            (self.channels, "--channels"),
-            (self.classes, "the class count"),
-            (self.in_channels, "the input channel count"),
-            (self.image_size, "the image size"),
+            (self.channels, NetworkSize::Channels),
+            (self.classes, NetworkSize::Classes),
+            (self.in_channels, NetworkSize::InChannels),
+            (self.image_size, NetworkSize::ImageSize),
         ] {
             if v == 0 {
                 return Err(NetworkError::Zero(name));

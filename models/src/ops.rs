@@ -242,11 +242,6 @@ impl<B: Backend> Op<B> {
         matches!(self, Op::Identity(_))
     }
 
-    /// True for `none`.
-    pub fn is_zero(&self) -> bool {
-        matches!(self, Op::Zero(_))
-    }
-
     /// # Shapes
     /// `[N, C, H, W] -> [N, C, ceil(H/s), ceil(W/s)]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

@@ -3,7 +3,7 @@
 use crate::{Model, RuntimeError};
 use std::path::Path;
 
-/// The devices `--device` accepts.
+/// The devices a model can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
     /// Burn's flex CPU backend (default).
@@ -24,9 +24,7 @@ impl std::str::FromStr for DeviceKind {
             "ndarray" => Ok(DeviceKind::Ndarray),
             "cuda" | "gpu" => Ok(DeviceKind::Cuda),
             "wgpu" => Ok(DeviceKind::Wgpu),
-            _ => Err(RuntimeError::Device(format!(
-                "unknown device '{s}' (use cpu, ndarray, cuda or wgpu)"
-            ))),
+            _ => Err(RuntimeError::UnknownDevice(s.to_string())),
         }
     }
 }
@@ -59,13 +57,6 @@ macro_rules! each {
     };
 }
 
-#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
-fn not_compiled(name: &str) -> RuntimeError {
-    RuntimeError::Device(format!(
-        "--device {name}: this binary was built without the '{name}' feature; rebuild with `cargo build --release --features {name}`"
-    ))
-}
-
 impl AnyModel {
     /// Loads the ONNX bytes on `device`.
     pub fn from_bytes(bytes: &[u8], device: DeviceKind) -> Result<Self, RuntimeError> {
@@ -77,11 +68,11 @@ impl AnyModel {
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => AnyModel::Cuda(Model::from_bytes(bytes, &Default::default())?),
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => return Err(not_compiled("cuda")),
+            DeviceKind::Cuda => return Err(RuntimeError::NotCompiled("cuda")),
             #[cfg(feature = "wgpu")]
             DeviceKind::Wgpu => AnyModel::Wgpu(Model::from_bytes(bytes, &Default::default())?),
             #[cfg(not(feature = "wgpu"))]
-            DeviceKind::Wgpu => return Err(not_compiled("wgpu")),
+            DeviceKind::Wgpu => return Err(RuntimeError::NotCompiled("wgpu")),
         })
     }
 
@@ -99,7 +90,7 @@ impl AnyModel {
         each!(self, m => m.run_host(input, n))
     }
 
-    /// Runs and waits for the device (for timing): the logits are read back to the host.
+    /// The model's input `[C, H, W]`.
     pub fn input_shape(&self) -> [usize; 3] {
         each!(self, m => m.input_shape())
     }

@@ -66,9 +66,12 @@ pub enum RuntimeError {
     /// Input data and shape disagree, or an unreadable input file.
     #[error("{0}")]
     Input(String),
-    /// A device not compiled into this binary or unknown.
-    #[error("{0}")]
-    Device(String),
+    /// A device name that is none of [`crate::DeviceKind`]'s.
+    #[error("unknown device '{0}' (use cpu, ndarray, cuda or wgpu)")]
+    UnknownDevice(String),
+    /// A backend this binary was built without.
+    #[error("this binary was built without the '{0}' feature; rebuild with `cargo build --release --features {0}`")]
+    NotCompiled(&'static str),
 }
 
 impl RuntimeError {

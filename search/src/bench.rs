@@ -2,7 +2,10 @@
 
 use crate::data::{make_batch, synthetic};
 use crate::device::DeviceKind;
-use crate::train::{clip_grad_norm, cross_entropy, TrainError};
+use crate::error::Constraint::AtLeastOne;
+use crate::error::{require, Setting, TrainError};
+use crate::search::SearchRecipe;
+use crate::train::{clip_grad_norm, cross_entropy, TrainRecipe};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
@@ -58,14 +61,19 @@ impl BenchResult {
     }
 }
 
+fn check_counts(steps: usize, batch_size: usize) -> Result<(), TrainError> {
+    require(steps > 0, Setting::Steps, AtLeastOne, steps as f64)?;
+    require(
+        batch_size > 0,
+        Setting::BatchSize,
+        AtLeastOne,
+        batch_size as f64,
+    )
+}
+
 /// Times full training steps (forward, backward, clip, SGD) on synthetic data.
 pub fn bench_train(device: DeviceKind, o: &TrainBench) -> Result<BenchResult, TrainError> {
-    if o.steps == 0 || o.batch_size == 0 {
-        return Err(TrainError::Flag {
-            flag: "--steps/--batch-size",
-            problem: "must be at least 1".into(),
-        });
-    }
+    check_counts(o.steps, o.batch_size)?;
     crate::with_autodiff_backend!(device, bench_train_on(o))
 }
 
@@ -82,13 +90,14 @@ fn bench_train_on<B: AutodiffBackend>(
         .with_image_size(o.image_size);
     B::seed(device, o.seed);
     let mut model: Network<B> = cfg.init(device)?;
+    let r = TrainRecipe::DARTS;
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
-            momentum: 0.9,
+            momentum: r.momentum,
             dampening: 0.0,
             nesterov: false,
         }))
-        .with_weight_decay(Some(WeightDecayConfig::new(3e-4)))
+        .with_weight_decay(Some(WeightDecayConfig::new(r.weight_decay as f32)))
         .init::<B, Network<B>>();
     let (set, _) = synthetic(o.batch_size, 0, o.in_channels, o.image_size, 10, o.seed);
     let idx: Vec<usize> = (0..o.batch_size).collect();
@@ -107,8 +116,8 @@ fn bench_train_on<B: AutodiffBackend>(
         let logits = model.forward(x.clone());
         let loss = cross_entropy(logits, y.clone());
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        clip_grad_norm(&model, &mut grads, 5.0); // reads the norm back: synchronizes the device
-        model = optim.step(0.025, model, grads);
+        clip_grad_norm(&model, &mut grads, r.grad_clip); // reads the norm back: synchronizes the device
+        model = optim.step(r.lr, model, grads);
         if step > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -134,15 +143,8 @@ pub struct SearchBench {
 /// Times full search iterations (architecture step, then weight step) on synthetic data.
 /// `images_per_s` counts the weight-step batch.
 pub fn bench_search(device: DeviceKind, o: &SearchBench) -> Result<BenchResult, TrainError> {
-    if o.steps == 0 || o.batch_size == 0 {
-        return Err(TrainError::Flag {
-            flag: "--steps/--batch-size",
-            problem: "must be at least 1".into(),
-        });
-    }
-    o.supernet
-        .validate()
-        .map_err(crate::search::supernet_flag)?;
+    check_counts(o.steps, o.batch_size)?;
+    o.supernet.validate()?;
     crate::with_autodiff_backend!(device, bench_search_on(o))
 }
 
@@ -156,20 +158,21 @@ fn bench_search_on<B: AutodiffBackend>(
     let _turn = crate::exclusive_run();
     B::seed(device, o.seed);
     let s = &o.supernet;
-    let mut net: Supernet<B> = s.init(device).map_err(crate::search::supernet_flag)?;
+    let mut net: Supernet<B> = s.init(device)?;
+    let r = SearchRecipe::DARTS;
     let mut w_optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
-            momentum: 0.9,
+            momentum: r.momentum,
             dampening: 0.0,
             nesterov: false,
         }))
-        .with_weight_decay(Some(WeightDecayConfig::new(3e-4)))
+        .with_weight_decay(Some(WeightDecayConfig::new(r.weight_decay as f32)))
         .init::<B, Supernet<B>>();
     let mut a_optim = AdamConfig::new()
-        .with_beta_1(0.5)
-        .with_beta_2(0.999)
+        .with_beta_1(r.arch_betas.0)
+        .with_beta_2(r.arch_betas.1)
         .with_epsilon(1e-8)
-        .with_weight_decay(Some(WeightDecayConfig::new(1e-3)))
+        .with_weight_decay(Some(WeightDecayConfig::new(r.arch_weight_decay as f32)))
         .init::<B, Supernet<B>>();
     let n = o.batch_size;
     let (set, _) = synthetic(2 * n, 0, s.in_channels, s.image_size, s.classes, o.seed);
@@ -189,7 +192,7 @@ fn bench_search_on<B: AutodiffBackend>(
     let train = batch(0..n);
     let valid = batch(n..2 * n);
     let mut sel_rng = StdRng::seed_from_u64(o.seed);
-    let lr = 0.1 * n as f64 / 256.0;
+    let lr = SearchRecipe::darts_lr(n);
     let mut times = vec![];
     for step in 0..=o.steps {
         let t0 = Instant::now();
@@ -204,9 +207,9 @@ fn bench_search_on<B: AutodiffBackend>(
                 &mut sel_rng,
             ),
         };
-        net = a_optim.step(6e-4, net, grads);
+        net = a_optim.step(r.arch_lr, net, grads);
         let (mut grads, _, _) = weight_grads(&net, train.clone(), &mut sel_rng);
-        clip_grad_norm(&net.weights, &mut grads, 5.0); // reads the norm back: synchronizes
+        clip_grad_norm(&net.weights, &mut grads, r.grad_clip); // reads the norm back: synchronizes
         net = w_optim.step(lr, net, grads);
         if step > 0 {
             times.push(t0.elapsed().as_secs_f64());

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The devices `--device` accepts.
+/// The devices a search, training or benchmark can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
@@ -24,7 +24,7 @@ pub enum DeviceError {
     #[error("unknown device '{0}' (use cpu, ndarray, cuda or wgpu)")]
     Unknown(String),
     /// Compiled without the backend's feature.
-    #[error("--device {0}: this binary was built without the '{0}' feature; rebuild with `cargo build --release --features {0}`")]
+    #[error("this binary was built without the '{0}' feature; rebuild with `cargo build --release --features {0}`")]
     NotCompiled(&'static str),
 }
 

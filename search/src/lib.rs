@@ -1,4 +1,5 @@
-//! Data sets, the training loop and (next) the channel-split supernet and bilevel search.
+//! Data sets, the channel-split supernet and its bilevel search, the training loop,
+//! benchmarks and run pictures.
 //!
 //! ```no_run
 //! use splitnas_search::{data::{DataOptions, DatasetKind}, device::DeviceKind, train};
@@ -13,6 +14,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod error;
 pub mod mixed_op;
 pub mod plot;
 pub mod search;

@@ -1,6 +1,6 @@
-//! `splitnas search`: channel-split differentiable architecture search.
+//! Channel-split differentiable architecture search (`splitnas search`).
 //!
-//! The training images (first `--train-limit`) are split into a weight half (the first
+//! The training images (the first `train_limit`) are split into a weight half (the first
 //! `train_portion`) and an architecture half (the rest). Each iteration takes one batch
 //! of each: the architecture step (Adam on alphas/betas; skipped during the warm-up
 //! epochs), then the weight step (SGD with momentum, cosine learning rate, global
@@ -15,10 +15,12 @@ use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order}
 use crate::checkpoint::{self, write_atomic};
 use crate::data::{self, Augment, DataOptions, Dataset, DatasetKind, ImageSet};
 use crate::device::DeviceKind;
+use crate::error::Constraint::{AtLeastOne, OpenUnit, Positive};
+use crate::error::{require, Setting, TrainError};
 use crate::supernet::{CellWeights, Supernet, SupernetConfig};
 use crate::train::{
     argmax_correct, batch_tensors, clip_grad_norm, cosine_lr, cross_entropy, epoch_seed,
-    progress_bar, scalar, TrainError,
+    progress_bar, scalar,
 };
 use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
@@ -62,6 +64,53 @@ pub struct SearchRecipe {
     pub order: Order,
     /// Seed.
     pub seed: u64,
+}
+
+impl SearchRecipe {
+    /// DARTS' search recipe (Liu et al., 2019): 50 epochs of batch 256 at learning rate
+    /// 0.1 ([`SearchRecipe::darts_lr`] for other batch sizes), SGD momentum 0.9, weight
+    /// decay 3e-4, clip 5; Adam on the architecture at 6e-4 (betas 0.5/0.999, weight
+    /// decay 1e-3) after 15 warm-up epochs; half the images for each level; first order.
+    pub const DARTS: SearchRecipe = SearchRecipe {
+        epochs: 50,
+        batch_size: 256,
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 3e-4,
+        grad_clip: 5.0,
+        arch_lr: 6e-4,
+        arch_weight_decay: 1e-3,
+        arch_betas: (0.5, 0.999),
+        warmup_epochs: 15,
+        train_portion: 0.5,
+        order: Order::First,
+        seed: 0,
+    };
+
+    /// The small budget of `splitnas quickstart` and `splitnas compare`: 6 epochs (1
+    /// warm-up) of batch 64 at 0.025. It is about 1/100 of a paper search, so the
+    /// architecture learning rate is 10x DARTS': with 6e-4 the alphas move by about 0.01
+    /// in the few dozen steps and the derived cell would be decided by the initialization
+    /// noise.
+    pub const SMALL: SearchRecipe = SearchRecipe {
+        epochs: 6,
+        batch_size: 64,
+        lr: 0.025,
+        arch_lr: 6e-3,
+        warmup_epochs: 1,
+        ..SearchRecipe::DARTS
+    };
+
+    /// DARTS' weight learning rate scaled linearly to `batch_size` (0.1 at 256, 0.025 at 64).
+    pub fn darts_lr(batch_size: usize) -> f64 {
+        0.1 * batch_size as f64 / 256.0
+    }
+}
+
+impl Default for SearchRecipe {
+    fn default() -> Self {
+        SearchRecipe::DARTS
+    }
 }
 
 /// What `splitnas search` was asked to do.
@@ -219,48 +268,26 @@ pub struct SearchSummary {
     pub out: PathBuf,
 }
 
-fn flag(flag: &'static str, problem: impl Into<String>) -> TrainError {
-    TrainError::Flag {
-        flag,
-        problem: problem.into(),
-    }
-}
-
-/// The error of a supernet configuration, under the flag its message starts with.
-/// A supernet configuration problem as an error naming its flag (the problem text starts
-/// with the flag where it is a single one).
-pub(crate) fn supernet_flag(problem: String) -> TrainError {
-    for f in [
-        "--learn-proportion",
-        "--progressive",
-        "--spatial-reconstruction",
-        "--image-size",
-    ] {
-        if let Some(rest) = problem.strip_prefix(f) {
-            return flag(f, rest.trim_start());
-        }
-    }
-    flag("--partial-k/--channels/--layers", problem)
-}
-
-/// Checks the flags that need no data.
+/// Checks the settings that need no data.
 pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
     let r = &o.recipe;
-    if r.epochs == 0 {
-        return Err(flag("--epochs", "must be at least 1"));
-    }
-    if r.batch_size == 0 {
-        return Err(flag("--batch-size", "must be at least 1"));
-    }
-    if !(r.lr.is_finite() && r.lr > 0.0) {
-        return Err(flag("--lr", "must be a positive number"));
-    }
-    if !(r.arch_lr.is_finite() && r.arch_lr > 0.0) {
-        return Err(flag("--arch-lr", "must be a positive number"));
-    }
+    require(r.epochs > 0, Setting::Epochs, AtLeastOne, r.epochs as f64)?;
+    require(
+        r.batch_size > 0,
+        Setting::BatchSize,
+        AtLeastOne,
+        r.batch_size as f64,
+    )?;
+    require(r.lr.is_finite() && r.lr > 0.0, Setting::Lr, Positive, r.lr)?;
+    require(
+        r.arch_lr.is_finite() && r.arch_lr > 0.0,
+        Setting::ArchLr,
+        Positive,
+        r.arch_lr,
+    )?;
     // The supernet's own checks first: a stage count other than 3 is named as such, not as
     // an epoch split that leaves a stage without search epochs.
-    o.supernet.validate().map_err(supernet_flag)?;
+    o.supernet.validate()?;
     let stages = o.supernet.stages;
     if stages > 1 {
         let blocks = stage_epochs(r.epochs, stages);
@@ -269,33 +296,29 @@ pub fn check_options(o: &SearchOptions) -> Result<(), TrainError> {
             .enumerate()
             .find(|(_, b)| b.len() <= r.warmup_epochs)
         {
-            let lens: Vec<String> = blocks.iter().map(|b| b.len().to_string()).collect();
-            return Err(flag(
-                "--progressive",
-                format!(
-                    "{stages} stages split the {} epochs into stages of {} epochs; with --warmup-epochs {} (per stage), stage {} ({} epochs) has no epoch left to search the architecture: use more --epochs or fewer warm-up epochs",
-                    r.epochs,
-                    lens.join(", "),
-                    r.warmup_epochs,
-                    s + 1,
-                    b.len()
-                ),
-            ));
+            return Err(TrainError::StageTooShort {
+                stages,
+                epochs: r.epochs,
+                stage_epochs: blocks.iter().map(|b| b.len()).collect(),
+                warmup_epochs: r.warmup_epochs,
+                stage: s + 1,
+                stage_len: b.len(),
+            });
         }
     } else if r.warmup_epochs >= r.epochs {
-        return Err(flag(
-            "--warmup-epochs",
-            format!(
-                "{} warm-up epochs leave no epoch of a {}-epoch run to search the architecture; use fewer than --epochs",
-                r.warmup_epochs, r.epochs
-            ),
-        ));
+        return Err(TrainError::WarmupTooLong {
+            warmup_epochs: r.warmup_epochs,
+            epochs: r.epochs,
+        });
     }
-    if !(r.train_portion > 0.0 && r.train_portion < 1.0) {
-        return Err(flag("--train-portion", "must be strictly between 0 and 1"));
-    }
-    if o.data.train_limit == Some(0) {
-        return Err(flag("--train-limit", "must be at least 1"));
+    require(
+        r.train_portion > 0.0 && r.train_portion < 1.0,
+        Setting::TrainPortion,
+        OpenUnit,
+        r.train_portion,
+    )?;
+    if let Some(n) = o.data.train_limit {
+        require(n > 0, Setting::TrainLimit, AtLeastOne, n as f64)?;
     }
     Ok(())
 }
@@ -388,10 +411,7 @@ pub fn search_on<B: AutodiffBackend>(
             data_opts.test_limit = Some(1);
             let data = data::load(opts.dataset, &data_opts)?;
             if data.train.len() < 2 {
-                return Err(flag(
-                    "--train-limit",
-                    "the search needs at least 2 training images",
-                ));
+                return Err(TrainError::TooFewImages(data.train.len()));
             }
             let supernet = opts
                 .supernet
@@ -399,7 +419,7 @@ pub fn search_on<B: AutodiffBackend>(
                 .with_classes(data.classes.len())
                 .with_in_channels(data.train.channels)
                 .with_image_size(data.train.side);
-            supernet.validate().map_err(supernet_flag)?;
+            supernet.validate()?;
             let (mean, std) = data.train.mean_std();
             let cfg = SearchConfig {
                 supernet,
@@ -448,10 +468,7 @@ pub fn search_on<B: AutodiffBackend>(
         }
     }
     B::seed(device, r.seed);
-    let mut net: Supernet<B> = cfg
-        .supernet
-        .init_stage(device, &frozen)
-        .map_err(supernet_flag)?;
+    let mut net: Supernet<B> = cfg.supernet.init_stage(device, &frozen)?;
     let new_w_optim = || {
         SgdConfig::new()
             .with_momentum(Some(MomentumConfig {
@@ -535,10 +552,7 @@ pub fn search_on<B: AutodiffBackend>(
             // Progressive search: freeze the finished stage's derived cells, deepen.
             frozen.push(net.genotype().stage(0).clone());
             B::seed(device, epoch_seed(r.seed, epoch) ^ 0x57a6e);
-            net = cfg
-                .supernet
-                .init_stage(device, &frozen)
-                .map_err(supernet_flag)?;
+            net = cfg.supernet.init_stage(device, &frozen)?;
             w_optim = new_w_optim();
             a_optim = new_a_optim();
             println!(

@@ -36,6 +36,51 @@ pub fn node_edges(i: usize) -> std::ops::Range<usize> {
     start..start + 2 + i
 }
 
+/// A supernet configuration that cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupernetError {
+    /// Too few channels or cells.
+    #[error("the supernet needs at least 1 channel and 3 cells (got C={channels}, L={layers})")]
+    Size {
+        /// Channels C.
+        channels: usize,
+        /// Cells L.
+        layers: usize,
+    },
+    /// A partial factor of 0.
+    #[error("the partial factor K must be at least 1 (got 0)")]
+    PartialKZero,
+    /// Learned proportions on a channel count that 8 does not divide.
+    #[error("learned proportions need a channel count divisible by 8 (got {0}): the candidate proportions are 1/2, 1/4 and 1/8 of every edge's channels")]
+    ProportionChannels(usize),
+    /// A progressive search with other than 3 stages.
+    #[error("a progressive search has 3 stages (got {0}): the network has 3 stages (the cells before, between and after its two reductions)")]
+    Stages(usize),
+    /// A partial factor that does not divide the channels.
+    #[error("the partial factor K={k} does not divide the {channels} channels: every edge must split its {channels} channels into {k} equal groups")]
+    PartialK {
+        /// The partial factor.
+        k: usize,
+        /// Channels C.
+        channels: usize,
+    },
+    /// An image side below 8.
+    #[error("the image size must be at least 8 (got {0}): the supernet's two reductions halve the side twice")]
+    ImageTooSmall(usize),
+    /// An image side that 4 does not divide.
+    #[error("the image size must be divisible by 4 (got {0}): the supernet's two reductions halve the side twice")]
+    ImageSide(usize),
+    /// A progressive stage past the last one.
+    #[error("stage {stage} of a {stages}-stage search does not exist")]
+    NoSuchStage {
+        /// The stage asked for (1-based).
+        stage: usize,
+        /// Stages of the search.
+        stages: usize,
+    },
+}
+
 /// Configuration of the supernet.
 #[derive(Config, Debug, PartialEq)]
 pub struct SupernetConfig {
@@ -89,49 +134,37 @@ pub fn cell_stage(layers: usize, i: usize) -> usize {
 
 impl SupernetConfig {
     /// Checks that every MixedOp can split its channels by K.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SupernetError> {
         if self.channels == 0 || self.layers < 3 {
-            return Err(format!(
-                "--channels must be at least 1 and --layers at least 3 (got C={}, L={})",
-                self.channels, self.layers
-            ));
+            return Err(SupernetError::Size {
+                channels: self.channels,
+                layers: self.layers,
+            });
         }
         if self.partial_k == 0 {
-            return Err("--partial-k must be at least 1".into());
+            return Err(SupernetError::PartialKZero);
         }
         if self.learn_proportion && self.channels % 8 != 0 {
-            return Err(format!(
-                "--learn-proportion needs --channels divisible by 8 (got {}): its candidate proportions are 1/2, 1/4 and 1/8 of every edge's channels",
-                self.channels
-            ));
+            return Err(SupernetError::ProportionChannels(self.channels));
         }
         if self.stages != 1 && self.stages != 3 {
-            return Err(format!(
-                "--progressive takes 3 (got {}): the network has 3 stages (the cells before, between and after its two reductions)",
-                self.stages
-            ));
+            return Err(SupernetError::Stages(self.stages));
         }
         // Nodes have C channels in the first stage, 2C and 4C after the reductions.
         if !self.learn_proportion && self.channels % self.partial_k != 0 {
-            return Err(format!(
-                "--partial-k {} does not divide --channels {}: every edge must split its {} channels into {} equal groups",
-                self.partial_k, self.channels, self.channels, self.partial_k
-            ));
+            return Err(SupernetError::PartialK {
+                k: self.partial_k,
+                channels: self.channels,
+            });
         }
         if self.image_size < 8 {
-            return Err(format!(
-                "--image-size must be at least 8 (got {}): the supernet's two reductions halve the side twice",
-                self.image_size
-            ));
+            return Err(SupernetError::ImageTooSmall(self.image_size));
         }
         // Each cell after a reduction halves its older input with FactorizedReduce, whose
         // two shifted halves only line up on an even side, so the side must stay even
         // through both reductions (a side of 10 panicked in the cell's concatenation).
         if self.image_size % 4 != 0 {
-            return Err(format!(
-                "--image-size must be divisible by 4 (got {}): the supernet's two reductions halve the side twice",
-                self.image_size
-            ));
+            return Err(SupernetError::ImageSide(self.image_size));
         }
         Ok(())
     }
@@ -157,7 +190,7 @@ impl SupernetConfig {
 
     /// Builds the supernet; alphas and betas are `1e-3 * N(0, 1)` from Burn's seeded RNG.
     /// With `stages = 3` this is the first (shallowest) stage of the progressive search.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Supernet<B>, String> {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Supernet<B>, SupernetError> {
         self.init_stage(device, &[])
     }
 
@@ -170,15 +203,14 @@ impl SupernetConfig {
         &self,
         device: &B::Device,
         frozen: &[CellPair],
-    ) -> Result<Supernet<B>, String> {
+    ) -> Result<Supernet<B>, SupernetError> {
         self.validate()?;
         let stage = frozen.len();
         if stage >= self.stages {
-            return Err(format!(
-                "stage {} of a {}-stage search does not exist",
-                stage + 1,
-                self.stages
-            ));
+            return Err(SupernetError::NoSuchStage {
+                stage: stage + 1,
+                stages: self.stages,
+            });
         }
         let c = self.channels;
         let c_stem = 3 * c;
@@ -679,9 +711,15 @@ mod tests {
         let err = cfg
             .init_stage::<B>(&device, &vec![pair.clone(); 3])
             .unwrap_err();
-        assert!(err.contains("stage 4 of a 3-stage search"), "{err}");
+        assert_eq!(
+            err,
+            SupernetError::NoSuchStage {
+                stage: 4,
+                stages: 3
+            }
+        );
         let err = cfg.clone().with_stages(2).validate().unwrap_err();
-        assert!(err.starts_with("--progressive takes 3 (got 2)"), "{err}");
+        assert_eq!(err, SupernetError::Stages(2));
     }
 
     #[test]
@@ -691,10 +729,7 @@ mod tests {
             .with_learn_proportion(true)
             .validate()
             .unwrap_err();
-        assert!(
-            err.starts_with("--learn-proportion needs --channels divisible by 8"),
-            "{err}"
-        );
+        assert_eq!(err, SupernetError::ProportionChannels(12));
         assert!(SupernetConfig::new()
             .with_channels(16)
             .with_learn_proportion(true)
@@ -716,10 +751,7 @@ mod tests {
             .with_partial_k(4)
             .validate()
             .unwrap_err();
-        assert!(
-            err.contains("--partial-k 4 does not divide --channels 6"),
-            "{err}"
-        );
+        assert_eq!(err, SupernetError::PartialK { k: 4, channels: 6 });
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `splitnas train`: train the evaluation network of a genotype from scratch.
+//! Training the evaluation network of a genotype from scratch (`splitnas train`).
 //!
 //! Recipe (DARTS): SGD momentum 0.9, weight decay 3e-4, cosine learning rate from `lr` to 0
 //! over the epochs, global gradient-norm clip 5, auxiliary loss weight 0.4, drop path
@@ -9,13 +9,14 @@
 //! `metrics.jsonl`, `checkpoint.json` + `checkpoint/` (weights and optimizer state of the
 //! last finished epoch). Every file is written to a temporary name and renamed, and
 //! `checkpoint.json` is renamed last, so a run killed at any point resumes from its last
-//! finished epoch with `--resume` and ends with the same metrics (CPU, same seed).
+//! finished epoch when resumed and ends with the same metrics (CPU, same seed).
 
 use crate::checkpoint::{self, write_atomic};
-use crate::data::{
-    self, make_batch, Augment, DataError, DataOptions, Dataset, DatasetKind, ImageSet,
-};
-use crate::device::{DeviceError, DeviceKind};
+use crate::data::{self, make_batch, Augment, DataOptions, Dataset, DatasetKind, ImageSet};
+use crate::device::DeviceKind;
+use crate::error::Constraint::{AtLeastOne, HalfOpenUnit, Positive};
+pub use crate::error::TrainError;
+use crate::error::{require, Setting};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -28,79 +29,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use splitnas_models::{Genotype, GenotypeError, Network, NetworkConfig, NetworkError};
+use splitnas_models::{Genotype, Network, NetworkConfig};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Everything that can stop a training run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TrainError {
-    /// Data set problem.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// Genotype problem.
-    #[error("--genotype: {0}")]
-    Genotype(#[from] GenotypeError),
-    /// Network configuration problem.
-    #[error(transparent)]
-    Network(#[from] NetworkError),
-    /// Device problem.
-    #[error(transparent)]
-    Device(#[from] DeviceError),
-    /// A flag with a value that cannot work.
-    #[error("{flag}: {problem}")]
-    Flag {
-        /// The flag.
-        flag: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-    /// File system problem.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A file with bad content.
-    #[error("{path}: {problem}")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The output directory already holds a run.
-    #[error("{dir} already holds a training run (finished {epoch} of {epochs} epochs); pass --resume to continue it or choose another --out")]
-    Exists {
-        /// The directory.
-        dir: PathBuf,
-        /// Epochs done.
-        epoch: usize,
-        /// Epochs planned.
-        epochs: usize,
-    },
-    /// `--resume` without a checkpoint.
-    #[error("--resume: {0} has no checkpoint.json to resume from")]
-    NothingToResume(PathBuf),
-    /// Loss became NaN or infinite.
-    #[error("training loss became {value} at epoch {epoch}, batch {batch}; stopped. The last good checkpoint (epoch {last_good}) is kept in {dir}; lower --lr and resume or restart")]
-    NonFinite {
-        /// The bad value.
-        value: f32,
-        /// Epoch (1-based).
-        epoch: usize,
-        /// Batch within the epoch (1-based).
-        batch: usize,
-        /// Last finished epoch.
-        last_good: usize,
-        /// Output directory.
-        dir: PathBuf,
-    },
-}
 
 /// The training recipe, saved in `config.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -125,6 +57,30 @@ pub struct TrainRecipe {
     pub drop_path: f64,
     /// Seed of weights, shuffling and augmentation.
     pub seed: u64,
+}
+
+impl TrainRecipe {
+    /// DARTS' evaluation recipe (Liu et al., 2019): 600 epochs of batch 96 at learning rate
+    /// 0.025, SGD momentum 0.9, weight decay 3e-4, clip 5, auxiliary weight 0.4; cutout
+    /// and drop path off (DARTS trains CIFAR-10 with 16 and 0.2).
+    pub const DARTS: TrainRecipe = TrainRecipe {
+        epochs: 600,
+        batch_size: 96,
+        lr: 0.025,
+        momentum: 0.9,
+        weight_decay: 3e-4,
+        grad_clip: 5.0,
+        auxiliary_weight: 0.4,
+        cutout: 0,
+        drop_path: 0.0,
+        seed: 0,
+    };
+}
+
+impl Default for TrainRecipe {
+    fn default() -> Self {
+        TrainRecipe::DARTS
+    }
 }
 
 /// What `splitnas train` was asked to do.
@@ -340,26 +296,27 @@ pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
 
 fn check_options(o: &TrainOptions) -> Result<(), TrainError> {
     let r = &o.recipe;
-    let flag = |flag, problem: &str| {
-        Err(TrainError::Flag {
-            flag,
-            problem: problem.to_string(),
-        })
-    };
-    if r.epochs == 0 {
-        return flag("--epochs", "must be at least 1");
-    }
-    if r.batch_size == 0 {
-        return flag("--batch-size", "must be at least 1");
-    }
-    if !(r.lr.is_finite() && r.lr > 0.0) {
-        return flag("--lr", "must be a positive number");
-    }
-    if !(0.0..1.0).contains(&r.drop_path) {
-        return flag("--drop-path", "must be in [0, 1)");
-    }
-    if o.data.train_limit == Some(0) || o.data.test_limit == Some(0) {
-        return flag("--train-limit/--test-limit", "must be at least 1");
+    require(r.epochs > 0, Setting::Epochs, AtLeastOne, r.epochs as f64)?;
+    require(
+        r.batch_size > 0,
+        Setting::BatchSize,
+        AtLeastOne,
+        r.batch_size as f64,
+    )?;
+    require(r.lr.is_finite() && r.lr > 0.0, Setting::Lr, Positive, r.lr)?;
+    require(
+        (0.0..1.0).contains(&r.drop_path),
+        Setting::DropPath,
+        HalfOpenUnit,
+        r.drop_path,
+    )?;
+    for (limit, setting) in [
+        (o.data.train_limit, Setting::TrainLimit),
+        (o.data.test_limit, Setting::TestLimit),
+    ] {
+        if let Some(n) = limit {
+            require(n > 0, setting, AtLeastOne, n as f64)?;
+        }
     }
     Ok(())
 }
@@ -377,12 +334,9 @@ fn fresh_config(o: &TrainOptions, data: &Dataset) -> Result<RunConfig, TrainErro
         .with_identity(o.identity);
     network.validate()?;
     if o.recipe.cutout > data.train.side {
-        return Err(TrainError::Flag {
-            flag: "--cutout",
-            problem: format!(
-                "{} is larger than the {}-pixel images",
-                o.recipe.cutout, data.train.side
-            ),
+        return Err(TrainError::CutoutTooLarge {
+            cutout: o.recipe.cutout,
+            side: data.train.side,
         });
     }
     let (mean, std) = data.train.mean_std();
@@ -613,7 +567,7 @@ pub fn load_run<B: Backend>(
             path: dir.to_path_buf(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "no such run directory (expected the --out of `splitnas train`)",
+                "no such run directory (expected the output directory of a training run)",
             ),
         });
     }

@@ -3,14 +3,15 @@
 //! Burn runtime on the test images and measure its accuracy -> draw the cell and the
 //! run's curves -> print a summary table. Glue only: every stage is a library call.
 
+use super::args::{DeviceArg, SeedArg};
+use super::{errors, export::metadata};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use splitnas_export::export;
 use splitnas_models::draw::genotype_svg;
-use splitnas_runtime::{input, AnyModel, DeviceKind as RuntimeDevice};
-use splitnas_search::architect::Order;
+use splitnas_runtime::{input, AnyModel};
 use splitnas_search::checkpoint::write_atomic;
 use splitnas_search::data::{self, DataOptions, DatasetKind};
-use splitnas_search::device::DeviceKind;
 use splitnas_search::mixed_op::SelectorKind;
 use splitnas_search::plot::plot_run;
 use splitnas_search::search::{search, SearchOptions, SearchRecipe};
@@ -19,26 +20,42 @@ use splitnas_search::train::{load_run, progress_bar, train, TrainOptions, TrainR
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// What the quickstart does; defaults fit in 10 minutes on 2 CPU cores.
-pub struct Quickstart {
-    /// Output directory (`None`: the first free of runs/quickstart, runs/quickstart-2, ..).
-    pub out: Option<PathBuf>,
-    /// Device for every stage.
-    pub device: String,
-    /// Overwrite a previous quickstart in `out`.
-    pub force: bool,
+/// Channels C of the small networks of quickstart and compare (search and training).
+pub const SMALL_CHANNELS: usize = 8;
+/// Cells L of the small networks.
+pub const SMALL_LAYERS: usize = 5;
+/// Partial channel factor K of their searches.
+pub const SMALL_PARTIAL_K: usize = 4;
+
+// What the quickstart does; the defaults fit in 10 minutes on 2 CPU cores.
+#[derive(Args)]
+pub struct QuickstartArgs {
+    /// Output directory (default: the first free of runs/quickstart, runs/quickstart-2, ...).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Replace a previous quickstart in --out (otherwise it is refused).
+    #[arg(long)]
+    force: bool,
     /// Search epochs (the first is warm-up).
-    pub search_epochs: usize,
-    /// Training images the search uses (half for the weights, half for the architecture).
-    pub search_images: usize,
-    /// Training epochs.
-    pub train_epochs: usize,
-    /// Training images (the first N of Fashion-MNIST; the embedded subset holds 3000).
-    pub train_limit: usize,
-    /// Test images (the first N; the embedded subset holds 1000).
-    pub test_limit: usize,
-    /// Seed of every stage.
-    pub seed: u64,
+    #[arg(long, default_value_t = 3)]
+    search_epochs: usize,
+    /// Training images the search uses: the first N, half for the weights, half for the
+    /// architecture.
+    #[arg(long, default_value_t = 1000)]
+    search_images: usize,
+    /// Training epochs of the found cell.
+    #[arg(long, default_value_t = 4)]
+    train_epochs: usize,
+    /// Training images: the first N of Fashion-MNIST (the embedded subset holds 3000).
+    #[arg(long, default_value_t = 2000)]
+    train_limit: usize,
+    /// Test images: the first N (the embedded subset holds 1000).
+    #[arg(long, default_value_t = 1000)]
+    test_limit: usize,
+    #[command(flatten)]
+    seed: SeedArg,
 }
 
 /// What the quickstart writes into its directory (and removes with `--force`).
@@ -60,7 +77,7 @@ struct Row {
     file: String,
 }
 
-fn pick_out(q: &Quickstart) -> Result<PathBuf> {
+fn pick_out(q: &QuickstartArgs) -> Result<PathBuf> {
     match &q.out {
         Some(dir) => {
             let taken: Vec<&str> = OUTPUTS
@@ -104,10 +121,9 @@ fn pick_out(q: &Quickstart) -> Result<PathBuf> {
     }
 }
 
-/// Runs the quickstart and returns its output directory.
-pub fn run(q: &Quickstart) -> Result<PathBuf> {
-    let device: DeviceKind = q.device.parse().context("--device")?;
-    let rt_device: RuntimeDevice = q.device.parse().context("--device")?;
+/// Runs the quickstart.
+pub fn run(q: QuickstartArgs) -> Result<()> {
+    let device = q.device.device;
     if q.search_epochs < 2 {
         bail!("--search-epochs must be at least 2 (one warm-up epoch, then search)");
     }
@@ -117,7 +133,7 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
     if q.search_images < 4 {
         bail!("--search-images must be at least 4 (two per half)");
     }
-    let out = pick_out(q)?;
+    let out = pick_out(&q)?;
     std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
     let t_all = Instant::now();
     println!(
@@ -128,21 +144,25 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
         dir: None,
         train_limit: Some(q.train_limit),
         test_limit: Some(q.test_limit),
-        seed: q.seed,
+        seed: q.seed.seed,
     };
     let mut rows = vec![];
 
-    // 1. Search: channel-split supernet, 1 warm-up epoch then architecture steps. The
-    // budget is about 1/100 of a paper search, so the architecture learning rate is 10x
-    // DARTS' 6e-4: with 6e-4 the alphas move by about 0.01 in the few dozen steps here
-    // and the derived cell would be decided by the initialization noise.
+    // 1. Search: channel-split supernet on the small budget (warm-up, then architecture
+    // steps), batch 32.
+    let recipe = SearchRecipe {
+        epochs: q.search_epochs,
+        batch_size: 32,
+        seed: q.seed.seed,
+        ..SearchRecipe::SMALL
+    };
     println!(
-        "\n[1/5] search: CSC-DARTS (K=4, split selector), C=8, L=5, {} epochs (1 warm-up), first {} Fashion-MNIST training images",
-        q.search_epochs, q.search_images
+        "\n[1/5] search: CSC-DARTS (K={SMALL_PARTIAL_K}, split selector), C={SMALL_CHANNELS}, L={SMALL_LAYERS}, {} epochs ({} warm-up), first {} Fashion-MNIST training images",
+        q.search_epochs, recipe.warmup_epochs, q.search_images
     );
     let t = Instant::now();
     let s = search(
-        device,
+        device.into(),
         &SearchOptions {
             dataset: DatasetKind::FashionMnist,
             data: DataOptions {
@@ -150,31 +170,18 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
                 ..data_opts.clone()
             },
             supernet: SupernetConfig::new()
-                .with_channels(8)
-                .with_layers(5)
-                .with_partial_k(4)
+                .with_channels(SMALL_CHANNELS)
+                .with_layers(SMALL_LAYERS)
+                .with_partial_k(SMALL_PARTIAL_K)
                 .with_selector(SelectorKind::Split)
                 .with_identity(true),
-            recipe: SearchRecipe {
-                epochs: q.search_epochs,
-                batch_size: 32,
-                lr: 0.025,
-                momentum: 0.9,
-                weight_decay: 3e-4,
-                grad_clip: 5.0,
-                arch_lr: 6e-3,
-                arch_weight_decay: 1e-3,
-                arch_betas: (0.5, 0.999),
-                warmup_epochs: 1,
-                train_portion: 0.5,
-                order: Order::First,
-                seed: q.seed,
-            },
+            recipe,
             out: out.join("search"),
             resume: false,
             progress: true,
         },
     )
+    .map_err(errors::train)
     .context("search stage")?;
     let last = s.metrics.last().context("search ran no epoch")?;
     rows.push(Row {
@@ -190,37 +197,32 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
     // 2. Train the found cell from scratch.
     let genotype_file = out.join("search/genotype.json");
     println!(
-        "\n[2/5] train: the found cell, C=8, L=5, {} epochs on {} images, tested on {}",
+        "\n[2/5] train: the found cell, C={SMALL_CHANNELS}, L={SMALL_LAYERS}, {} epochs on {} images, tested on {}",
         q.train_epochs, q.train_limit, q.test_limit
     );
     let t = Instant::now();
     let tr = train(
-        device,
+        device.into(),
         &TrainOptions {
             genotype: genotype_file.display().to_string(),
             dataset: DatasetKind::FashionMnist,
             data: data_opts.clone(),
-            channels: 8,
-            layers: 5,
+            channels: SMALL_CHANNELS,
+            layers: SMALL_LAYERS,
             auxiliary: false,
             identity: true,
             recipe: TrainRecipe {
                 epochs: q.train_epochs,
                 batch_size: 64,
-                lr: 0.025,
-                momentum: 0.9,
-                weight_decay: 3e-4,
-                grad_clip: 5.0,
-                auxiliary_weight: 0.4,
-                cutout: 0,
-                drop_path: 0.0,
-                seed: q.seed,
+                seed: q.seed.seed,
+                ..TrainRecipe::DARTS
             },
             out: out.join("train"),
             resume: false,
             progress: true,
         },
     )
+    .map_err(errors::train)
     .context("train stage")?;
     let train_acc = tr.metrics.last().context("training ran no epoch")?.test_acc;
     rows.push(Row {
@@ -238,7 +240,7 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
         type B = burn::backend::Flex;
         let dev = Default::default();
         let (run, net) = load_run::<B>(&out.join("train"), &dev).context("export stage")?;
-        let meta = crate::run_metadata(&run);
+        let meta = metadata(&run);
         let r = export(&net, &run.network, &meta, &onnx).context("export stage")?;
         rows.push(Row {
             stage: "export",
@@ -259,10 +261,12 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
         "\n[4/5] runtime: {} on {} test images with Burn ({})",
         onnx.display(),
         q.test_limit,
-        q.device
+        device.name()
     );
     let t = Instant::now();
-    let model = AnyModel::load(&onnx, rt_device).with_context(|| onnx.display().to_string())?;
+    let model = AnyModel::load(&onnx, device.into())
+        .map_err(errors::runtime)
+        .with_context(|| onnx.display().to_string())?;
     let dataset = data::load(DatasetKind::FashionMnist, &data_opts)?;
     let (mean, std) = model
         .mean()
@@ -359,7 +363,7 @@ pub fn run(q: &Quickstart) -> Result<PathBuf> {
         &out.join("summary.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    Ok(out)
+    Ok(())
 }
 
 fn summary_table(rows: &[Row], total: f64) -> String {

@@ -9,47 +9,198 @@
 //! interrupted one is continued with `--resume` (its seconds add up, its peak is the
 //! maximum over the pieces).
 
+mod child;
+
+use super::args::{choice, Choice, Dataset, DeviceArg, Order};
+use super::quickstart::{SMALL_CHANNELS, SMALL_LAYERS, SMALL_PARTIAL_K};
 use anyhow::{bail, Context, Result};
+use child::{read_json, read_train, run_once, write_json, ChildCost, TrainResult};
+use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use splitnas_models::{zoo, Genotype, Primitive};
 use splitnas_search::checkpoint::write_atomic;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use splitnas_search::data::DatasetKind;
+use splitnas_search::search::SearchRecipe;
+use std::path::PathBuf;
 use std::time::Instant;
 
-/// The methods `compare` knows, with the search flags that select them.
-pub const METHODS: [(&str, &str, &[&str]); 5] = [
-    (
-        "split",
-        "CSC-DARTS: fixed split + channel shuffle",
-        &["--selector", "split"],
-    ),
-    (
-        "random",
-        "PC-DARTS-style random channel subset",
-        &["--selector", "random"],
-    ),
-    (
-        "attention",
-        "ADARTS: attention-selected channels",
-        &["--selector", "attention"],
-    ),
-    (
-        "slim",
-        "Slim-DARTS: random subset, spatial reconstruction, learned proportion",
-        &[
-            "--selector",
-            "random",
-            "--spatial-reconstruction",
-            "--learn-proportion",
-        ],
-    ),
-    (
-        "progressive",
-        "LFR-DARTS: 3 stages shallow to deep (split selector)",
-        &["--selector", "split", "--progressive", "3"],
-    ),
-];
+#[derive(Args)]
+pub struct CompareArgs {
+    /// fashion-mnist, mnist, cifar10, cifar100 or synthetic.
+    #[arg(
+        long,
+        default_value = "fashion-mnist",
+        value_parser = choice::<Dataset>(),
+        hide_possible_values = true
+    )]
+    dataset: Dataset,
+    /// Directory with the data files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Methods to search, comma-separated: split, random, attention, slim, progressive.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "split,random,attention,slim,progressive",
+        value_parser = choice::<Method>(),
+        hide_possible_values = true
+    )]
+    methods: Vec<Method>,
+    /// Search: supernet channels C.
+    #[arg(long, default_value_t = SMALL_CHANNELS)]
+    channels: usize,
+    /// Search: supernet cells L.
+    #[arg(long, default_value_t = SMALL_LAYERS)]
+    layers: usize,
+    /// Search: K of the fixed-K methods (slim learns its proportion).
+    #[arg(long, default_value_t = SMALL_PARTIAL_K)]
+    partial_k: usize,
+    /// Search epochs of every method (progressive: split between its 3 stages).
+    #[arg(long, default_value_t = SearchRecipe::SMALL.epochs)]
+    epochs: usize,
+    /// Search warm-up epochs (progressive: per stage).
+    #[arg(long, default_value_t = SearchRecipe::SMALL.warmup_epochs)]
+    warmup_epochs: usize,
+    /// Search batch size.
+    #[arg(long, default_value_t = SearchRecipe::SMALL.batch_size)]
+    batch_size: usize,
+    /// Search architecture learning rate (10x DARTS: the budget is a small fraction of a
+    /// paper search).
+    #[arg(long, default_value_t = SearchRecipe::SMALL.arch_lr)]
+    arch_lr: f64,
+    /// Search order: first or second.
+    #[arg(
+        long,
+        default_value = "first",
+        value_parser = choice::<Order>(),
+        hide_possible_values = true
+    )]
+    order: Order,
+    /// Training images each search uses (half weights, half architecture).
+    #[arg(long, default_value_t = 2000)]
+    search_limit: usize,
+    /// Training: channels C of every evaluation network.
+    #[arg(long, default_value_t = SMALL_CHANNELS)]
+    train_channels: usize,
+    /// Training: cells L.
+    #[arg(long, default_value_t = SMALL_LAYERS)]
+    train_layers: usize,
+    /// Training epochs.
+    #[arg(long, default_value_t = 3)]
+    train_epochs: usize,
+    /// Training batch size.
+    #[arg(long, default_value_t = 64)]
+    train_batch_size: usize,
+    /// Training learning rate (cosine to 0).
+    #[arg(long, default_value_t = 0.05)]
+    train_lr: f64,
+    /// Training images (the first N; default 5000).
+    #[arg(long, default_value_t = 5000)]
+    train_limit: usize,
+    /// Test images (default: the whole test set).
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Training seeds per genotype (mean and spread over them).
+    #[arg(long, default_value_t = 2)]
+    seeds: usize,
+    /// Random genotypes to train as baselines (seeds 1..N).
+    #[arg(long, default_value_t = 3)]
+    random_genotypes: usize,
+    /// Seed of the searches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Output directory (a rerun with the same settings continues it).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// A channel-split method `compare` searches with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Split,
+    Random,
+    Attention,
+    Slim,
+    Progressive,
+}
+
+impl Choice for Method {
+    const NOUN: &'static str = "method";
+}
+
+impl Method {
+    /// The name on the command line and in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Split => "split",
+            Method::Random => "random",
+            Method::Attention => "attention",
+            Method::Slim => "slim",
+            Method::Progressive => "progressive",
+        }
+    }
+
+    /// What it is.
+    pub fn description(self) -> &'static str {
+        match self {
+            Method::Split => "CSC-DARTS: fixed split + channel shuffle",
+            Method::Random => "PC-DARTS-style random channel subset",
+            Method::Attention => "ADARTS: attention-selected channels",
+            Method::Slim => "Slim-DARTS: random subset, spatial reconstruction, learned proportion",
+            Method::Progressive => "LFR-DARTS: 3 stages shallow to deep (split selector)",
+        }
+    }
+
+    /// The `splitnas search` flags that select it.
+    pub fn search_flags(self) -> &'static [&'static str] {
+        match self {
+            Method::Split => &["--selector", "split"],
+            Method::Random => &["--selector", "random"],
+            Method::Attention => &["--selector", "attention"],
+            Method::Slim => &[
+                "--selector",
+                "random",
+                "--spatial-reconstruction",
+                "--learn-proportion",
+            ],
+            Method::Progressive => &["--selector", "split", "--progressive", "3"],
+        }
+    }
+}
+
+impl From<CompareArgs> for Compare {
+    fn from(a: CompareArgs) -> Self {
+        Compare {
+            dataset: DatasetKind::from(a.dataset).name().to_string(),
+            data_dir: a.data_dir,
+            methods: a.methods,
+            channels: a.channels,
+            layers: a.layers,
+            partial_k: a.partial_k,
+            epochs: a.epochs,
+            warmup_epochs: a.warmup_epochs,
+            batch_size: a.batch_size,
+            arch_lr: a.arch_lr,
+            order: a.order.name().to_string(),
+            search_limit: a.search_limit,
+            train_channels: a.train_channels,
+            train_layers: a.train_layers,
+            train_epochs: a.train_epochs,
+            train_batch_size: a.train_batch_size,
+            train_lr: a.train_lr,
+            train_limit: Some(a.train_limit),
+            test_limit: a.test_limit,
+            seeds: a.seeds,
+            random_genotypes: a.random_genotypes,
+            seed: a.seed,
+            device: a.device.device.name().to_string(),
+            out: a.out,
+        }
+    }
+}
 
 /// What `splitnas compare` was asked to do.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -58,8 +209,8 @@ pub struct Compare {
     pub dataset: String,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
-    /// Methods to search (names from [`METHODS`]).
-    pub methods: Vec<String>,
+    /// Methods to search.
+    pub methods: Vec<Method>,
     /// Search: supernet channels.
     pub channels: usize,
     /// Search: supernet cells.
@@ -104,24 +255,6 @@ pub struct Compare {
     pub out: PathBuf,
 }
 
-/// Wall time, CPU time and peak memory of one child (summed / maxed over resumed
-/// pieces). CPU time (user + system) does not grow when other work shares the machine.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-struct ChildCost {
-    seconds: f64,
-    #[serde(default)]
-    cpu_seconds: f64,
-    peak_rss_mb: f64,
-}
-
-/// A finished training run (`result.json` in its directory).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct TrainResult {
-    test_acc: f64,
-    parameters: usize,
-    cost: ChildCost,
-}
-
 /// One row of the table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
@@ -159,22 +292,13 @@ pub struct CompareFile {
 }
 
 fn check(c: &Compare) -> Result<()> {
-    for m in &c.methods {
-        if !METHODS.iter().any(|(name, _, _)| name == m) {
-            let names: Vec<&str> = METHODS.iter().map(|m| m.0).collect();
-            bail!(
-                "--methods: unknown method '{m}' (expected some of {})",
-                names.join(", ")
-            );
-        }
-    }
     if c.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
     if c.epochs == 0 || c.train_epochs == 0 {
         bail!("--epochs and --train-epochs must be at least 1");
     }
-    if c.methods.iter().any(|m| m == "progressive") && c.epochs < 3 * (c.warmup_epochs + 1) {
+    if c.methods.contains(&Method::Progressive) && c.epochs < 3 * (c.warmup_epochs + 1) {
         bail!(
             "--epochs {}: the progressive search splits them into 3 stages that each need more than --warmup-epochs {} epochs; use at least {}",
             c.epochs,
@@ -183,105 +307,6 @@ fn check(c: &Compare) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs `exe args`, stdout and stderr appended to `log`; returns its wall time and peak RSS.
-fn child(exe: &Path, args: &[String], log: &Path) -> Result<ChildCost> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening {}", log.display()))?;
-    let err = file.try_clone()?;
-    let t0 = Instant::now();
-    let mut proc = Command::new(exe)
-        .args(args)
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let pid = proc.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: plain FFI call; `usage` is a valid, zeroed out-parameter.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = t0.elapsed().as_secs_f64();
-    if rc != pid {
-        // wait4 failed: fall back to std's wait (no memory figure).
-        let st = proc.wait()?;
-        if !st.success() {
-            bail!(
-                "`splitnas {}` failed ({st}); see {}",
-                args.join(" "),
-                log.display()
-            );
-        }
-        return Ok(ChildCost {
-            seconds,
-            ..ChildCost::default()
-        });
-    }
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !ok {
-        let tail: String = std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(3)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        let how = if libc::WIFEXITED(status) {
-            format!("exit code {}", libc::WEXITSTATUS(status))
-        } else if libc::WIFSIGNALED(status) {
-            format!("killed by signal {}", libc::WTERMSIG(status))
-        } else {
-            format!("wait status {status}")
-        };
-        bail!(
-            "`splitnas {}` failed ({how}); log {}:\n{tail}",
-            args.join(" "),
-            log.display()
-        );
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    Ok(ChildCost {
-        seconds,
-        cpu_seconds: tv(usage.ru_utime) + tv(usage.ru_stime),
-        // Linux reports ru_maxrss in KiB.
-        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
-    })
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)?;
-    write_atomic(path, text.as_bytes()).map_err(anyhow::Error::from)
-}
-
-/// Runs a child into `dir` unless `dir/result.json` says it finished; continues it with
-/// `--resume` when it left a checkpoint. Returns the accumulated cost.
-fn run_once(exe: &Path, mut args: Vec<String>, dir: &Path, log: &Path) -> Result<ChildCost> {
-    let cost_file = dir.join("compare_cost.json");
-    let mut cost: ChildCost = read_json(&cost_file).unwrap_or_default();
-    if dir.join("checkpoint.json").exists() {
-        args.push("--resume".into());
-    } else if dir.exists() {
-        // Started but never checkpointed: nothing to keep.
-        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-        cost = ChildCost::default();
-    }
-    let c = child(exe, &args, log)?;
-    cost.seconds += c.seconds;
-    cost.cpu_seconds += c.cpu_seconds;
-    cost.peak_rss_mb = cost.peak_rss_mb.max(c.peak_rss_mb);
-    write_json(&cost_file, &cost)?;
-    Ok(cost)
 }
 
 fn normal_skips(g: &Genotype) -> usize {
@@ -305,8 +330,14 @@ fn data_args(c: &Compare) -> Vec<String> {
     v
 }
 
+/// Runs `splitnas compare`.
+pub fn run(a: CompareArgs) -> Result<()> {
+    compare(&a.into())?;
+    Ok(())
+}
+
 /// Runs the comparison; returns the rows (also written to compare.md / compare.json).
-pub fn run(c: &Compare) -> Result<Vec<Row>> {
+pub fn compare(c: &Compare) -> Result<Vec<Row>> {
     check(c)?;
     let exe = std::env::current_exe().context("locating the splitnas binary")?;
     std::fs::create_dir_all(c.out.join("logs"))
@@ -328,10 +359,8 @@ pub fn run(c: &Compare) -> Result<Vec<Row>> {
 
     // 1. Searches.
     let mut candidates: Vec<(String, String, Genotype, Option<ChildCost>)> = vec![];
-    for m in &c.methods {
-        let Some((name, description, flags)) = METHODS.iter().find(|x| x.0 == m) else {
-            continue;
-        };
+    for &m in &c.methods {
+        let (name, description) = (m.name(), m.description());
         step += 1;
         let dir = c.out.join("search").join(name);
         let done = dir.join("result.json");
@@ -362,10 +391,10 @@ pub fn run(c: &Compare) -> Result<Vec<Row>> {
                 ] {
                     args.extend([f.to_string(), v]);
                 }
-                if *name != "slim" {
+                if m != Method::Slim {
                     args.extend(["--partial-k".to_string(), c.partial_k.to_string()]);
                 }
-                args.extend(flags.iter().map(|s| s.to_string()));
+                args.extend(m.search_flags().iter().map(|s| s.to_string()));
                 let log = c.out.join("logs").join(format!("search-{name}.log"));
                 let cost = run_once(&exe, args, &dir, &log)?;
                 write_json(&done, &cost)?;
@@ -490,35 +519,6 @@ pub fn run(c: &Compare) -> Result<Vec<Row>> {
         c.out.join("compare.json").display()
     );
     Ok(rows)
-}
-
-/// Test accuracy (last epoch of metrics.jsonl) and parameters (the child's final line).
-fn read_train(dir: &Path, log: &Path, cost: ChildCost) -> Result<TrainResult> {
-    let metrics = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&metrics)
-        .with_context(|| format!("reading {}", metrics.display()))?;
-    let last: serde_json::Value = text
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("{}: no epoch record", metrics.display()))?;
-    let test_acc = last["test_acc"]
-        .as_f64()
-        .with_context(|| format!("{}: no test_acc", metrics.display()))?;
-    let log_text = std::fs::read_to_string(log).unwrap_or_default();
-    let parameters = log_text
-        .lines()
-        .rev()
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("parameters=")?.parse().ok())
-        })
-        .with_context(|| format!("{}: no `parameters=` line", log.display()))?;
-    Ok(TrainResult {
-        test_acc,
-        parameters,
-        cost,
-    })
 }
 
 fn markdown(c: &Compare, rows: &[Row]) -> String {

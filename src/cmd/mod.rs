@@ -1,0 +1,14 @@
+//! One module per `splitnas` command: its flags (`Args`) and its `run`, glue between the
+//! flags and the library crates.
+
+pub mod args;
+pub mod bench;
+pub mod compare;
+pub mod errors;
+pub mod export;
+pub mod genotype;
+pub mod plot;
+pub mod quickstart;
+pub mod run;
+pub mod search;
+pub mod train;

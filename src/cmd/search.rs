@@ -1,0 +1,136 @@
+//! `splitnas search`: search a cell with channel-split differentiable architecture search.
+
+use super::args::{choice, DataArgs, DeviceArg, Order, RunDirArgs, SeedArg, Selector};
+use super::errors;
+use anyhow::Result;
+use clap::Args;
+use splitnas_search::data::DataOptions;
+use splitnas_search::search::{search, SearchOptions, SearchRecipe};
+use splitnas_search::supernet::SupernetConfig;
+
+#[derive(Args)]
+#[command(mut_arg("resume", |a| a.help("Continue the search in --out after its last checkpoint")))]
+pub struct SearchArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Initial channels C of the supernet.
+    #[arg(long, default_value_t = 16)]
+    channels: usize,
+    /// Cells L of the supernet.
+    #[arg(long, default_value_t = 8)]
+    layers: usize,
+    #[arg(long, default_value_t = SearchRecipe::DARTS.epochs)]
+    epochs: usize,
+    /// Batch size of each half (weights and architecture).
+    #[arg(long, default_value_t = SearchRecipe::DARTS.batch_size)]
+    batch_size: usize,
+    /// Initial weight learning rate, cosine-annealed to 0. Default: 0.1 at batch 256,
+    /// scaled linearly with --batch-size (0.025 at 64) when not given.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Partial channel factor K: C/K channels of each edge enter the operations (1 = DARTS).
+    /// Default 4.
+    #[arg(long)]
+    partial_k: Option<usize>,
+    /// Channel selection: split (CSC-DARTS: fixed split + channel shuffle), random
+    /// (PC-DARTS-style subset per step) or attention (ADARTS: top-scored channels of a
+    /// channel-attention module, weighted by their scores).
+    #[arg(
+        long,
+        default_value = "split",
+        value_parser = choice::<Selector>(),
+        hide_possible_values = true
+    )]
+    selector: Selector,
+    /// Slim-DARTS: a spatial reconstruction unit (group-norm gated, cross-reconstructed)
+    /// on the channels entering every MixedOp.
+    #[arg(long)]
+    spatial_reconstruction: bool,
+    /// Slim-DARTS: learn each edge's proportion of processed channels (a softmax mixture of
+    /// 1/2, 1/4 and 1/8, trained with the architecture) instead of a fixed --partial-k.
+    #[arg(long, conflicts_with = "partial_k")]
+    learn_proportion: bool,
+    /// LFR-DARTS: search the 3 stages (cells before, between and after the reductions) one
+    /// after the other, shallow to deep, each on the derived cells of the earlier ones;
+    /// the --epochs are split between the stages, each starting with --warmup-epochs.
+    #[arg(long, value_name = "S")]
+    progressive: Option<usize>,
+    /// CSC-DARTS identity connection on every cell (default on).
+    #[arg(long, overrides_with = "no_identity")]
+    identity: bool,
+    /// Ablate the identity connection.
+    #[arg(long = "no-identity")]
+    no_identity: bool,
+    /// Architecture gradient: first or second (unrolled, finite-difference Hessian).
+    #[arg(
+        long,
+        default_value = "first",
+        value_parser = choice::<Order>(),
+        hide_possible_values = true
+    )]
+    order: Order,
+    /// Adam learning rate of the architecture parameters.
+    #[arg(long, default_value_t = SearchRecipe::DARTS.arch_lr)]
+    arch_lr: f64,
+    /// Epochs with the architecture frozen.
+    #[arg(long, default_value_t = SearchRecipe::DARTS.warmup_epochs)]
+    warmup_epochs: usize,
+    /// Fraction of the training images for the weights (the rest trains the architecture).
+    #[arg(long, default_value_t = SearchRecipe::DARTS.train_portion)]
+    train_portion: f64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    #[command(flatten)]
+    seed: SeedArg,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[command(flatten)]
+    run_dir: RunDirArgs,
+}
+
+pub fn run(a: SearchArgs) -> Result<()> {
+    let seed = a.seed.seed;
+    let mut supernet = SupernetConfig::new()
+        .with_channels(a.channels)
+        .with_layers(a.layers)
+        .with_selector(a.selector.into())
+        .with_identity(a.identity || !a.no_identity)
+        .with_spatial_reconstruction(a.spatial_reconstruction)
+        .with_learn_proportion(a.learn_proportion)
+        .with_stages(a.progressive.unwrap_or(1));
+    if let Some(k) = a.partial_k {
+        supernet = supernet.with_partial_k(k);
+    }
+    let opts = SearchOptions {
+        dataset: a.data.dataset.into(),
+        data: DataOptions {
+            dir: a.data.data_dir,
+            train_limit: a.train_limit,
+            test_limit: Some(1),
+            seed,
+        },
+        supernet,
+        recipe: SearchRecipe {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr.unwrap_or(SearchRecipe::darts_lr(a.batch_size)),
+            arch_lr: a.arch_lr,
+            warmup_epochs: a.warmup_epochs,
+            train_portion: a.train_portion,
+            order: a.order.into(),
+            seed,
+            ..SearchRecipe::DARTS
+        },
+        out: a.run_dir.out,
+        resume: a.run_dir.resume,
+        progress: true,
+    };
+    let s = search(a.device.device.into(), &opts).map_err(errors::train)?;
+    println!(
+        "final genotype = {}\nwrote {}",
+        s.genotype.to_darts(),
+        s.out.join("genotype.json").display()
+    );
+    Ok(())
+}
