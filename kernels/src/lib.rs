@@ -39,8 +39,6 @@ mod window;
 mod x86_64;
 
 #[cfg(test)]
-mod old_check;
-#[cfg(test)]
 mod testing;
 
 pub use geom::Geom;
