@@ -128,7 +128,7 @@ pub(crate) fn pointwise_with(
     out: &mut [MaybeUninit<f32>],
 ) {
     let Filter { wt, bias, relu } = f;
-    let k = if m == 0 { 0 } else { wt.len() / m };
+    let k = wt.len().checked_div(m).unwrap_or(0);
     assert_eq!(wt.len(), m * k, "pointwise weight length");
     assert_eq!(x.len(), n * k * hw, "pointwise input length");
     if let Some(b) = bias {
