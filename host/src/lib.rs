@@ -65,7 +65,7 @@ pub fn into_float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensor
 /// backend (`Flex` or `NdArray`), the host arm on a plain CPU backend, the generic arm on
 /// every other backend (Burn's own op).
 ///
-/// ```ignore
+/// ```text
 /// splitnas_host::dispatch!(B {
 ///     autodiff I => same(pool_autodiff::<I>(same(x))),
 ///     host => pool_forward(x),

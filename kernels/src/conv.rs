@@ -24,37 +24,33 @@ use crate::out::{mark_written, slots, Output};
 use crate::window::{window, CONV, PARALLEL_WORK};
 use crate::Geom;
 
-/// Depthwise convolution of `x [n, C, H, W]` with `wt [C, 1, kh, kw]` and optional bias
-/// `[C]`, ReLU on the input first when `relu`, into `out [n, C, oh, ow]`.
+/// A convolution's parameters: its weights, an optional bias per output channel, and
+/// whether the input goes through a ReLU first (a ReLU folded into the convolution).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter<'a> {
+    /// Weights, `[M, C / groups, kh, kw]` flattened.
+    pub wt: &'a [f32],
+    /// Bias `[M]`.
+    pub bias: Option<&'a [f32]>,
+    /// ReLU on the input first.
+    pub relu: bool,
+}
+
+/// Depthwise convolution of `x [n, C, H, W]` with `f.wt [C, 1, kh, kw]` into
+/// `out [n, C, oh, ow]`.
 ///
 /// # Panics
 /// When a slice length does not fit `g` and `n`.
-#[allow(clippy::too_many_arguments)]
-pub fn depthwise<O: Output + ?Sized>(
-    x: &[f32],
-    n: usize,
-    wt: &[f32],
-    bias: Option<&[f32]>,
-    g: &Geom,
-    relu: bool,
-    out: &mut O,
-) {
-    depthwise_at(arch::level(), x, n, wt, bias, g, relu, out)
+pub fn depthwise<O: Output + ?Sized>(x: &[f32], n: usize, g: &Geom, f: Filter, out: &mut O) {
+    depthwise_at(arch::level(), x, n, g, f, out)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn depthwise_at<O: Output + ?Sized>(
-    level: Level,
-    x: &[f32],
-    n: usize,
-    wt: &[f32],
-    bias: Option<&[f32]>,
-    g: &Geom,
-    relu: bool,
-    out: &mut O,
-) {
+pub(crate) fn depthwise_at<O>(level: Level, x: &[f32], n: usize, g: &Geom, f: Filter, out: &mut O)
+where
+    O: Output + ?Sized,
+{
     let s = slots(out, n * g.c * g.plane_out(), "depthwise");
-    window::<CONV>(x, n, wt, bias, g, relu, level, s);
+    window::<CONV>(x, n, f, g, level, s);
     // SAFETY: `window` writes every output.
     unsafe { mark_written(out) };
 }
@@ -88,24 +84,19 @@ impl Pointwise {
     }
 }
 
-/// 1x1 convolution of `x [n, k, HW]` with `wt [m, k]` and optional bias `[m]`, ReLU on the
-/// input first when `relu`, into `out [n, m, HW]`.
+/// 1x1 convolution of `x [n, k, HW]` with `f.wt [m, k]` into `out [n, m, HW]`.
 ///
 /// # Panics
 /// When a slice length does not fit.
-#[allow(clippy::too_many_arguments)]
 pub fn pointwise<O: Output + ?Sized>(
     x: &[f32],
-    n: usize,
-    hw: usize,
-    wt: &[f32],
+    [n, hw]: [usize; 2],
     m: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
+    f: Filter,
     out: &mut O,
 ) {
     let s = slots(out, n * m * hw, "pointwise");
-    pointwise_with(Pointwise::at(arch::level()), x, n, hw, wt, m, bias, relu, s);
+    pointwise_with(Pointwise::at(arch::level()), x, [n, hw], m, f, s);
     // SAFETY: `pointwise_with` writes every output.
     unsafe { mark_written(out) };
 }
@@ -128,19 +119,16 @@ impl Ptr {
 }
 
 /// [`pointwise`] on the given path into `out`, which it writes completely.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn pointwise_with(
     path: Pointwise,
     x: &[f32],
-    n: usize,
-    hw: usize,
-    wt: &[f32],
+    [n, hw]: [usize; 2],
     m: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
+    f: Filter,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let k = if m == 0 { 0 } else { wt.len() / m };
+    let Filter { wt, bias, relu } = f;
+    let k = wt.len().checked_div(m).unwrap_or(0);
     assert_eq!(wt.len(), m * k, "pointwise weight length");
     assert_eq!(x.len(), n * k * hw, "pointwise input length");
     if let Some(b) = bias {
@@ -298,49 +286,27 @@ unsafe fn gemm_block(
     );
 }
 
-/// Dense convolution (group 1, any kernel) of `x [n, C, H, W]` with `wt [m, C kh kw]` and
-/// optional bias `[m]`, ReLU on the input first when `relu`, into `out [n, m, oh, ow]`:
-/// per image, the input windows are laid out as columns `[C kh kw, oh ow]` (zero outside
-/// the image), then multiplied by the weights with [`pointwise`].
+/// Dense convolution (group 1, any kernel) of `x [n, C, H, W]` with `f.wt [m, C kh kw]`
+/// into `out [n, m, oh, ow]`: per image, the input windows are laid out as columns
+/// `[C kh kw, oh ow]` (zero outside the image), then multiplied by the weights with
+/// [`pointwise`].
 ///
 /// # Panics
 /// When a slice length does not fit `g`, `m` and `n`.
-#[allow(clippy::too_many_arguments)]
-pub fn dense<O: Output + ?Sized>(
-    x: &[f32],
-    n: usize,
-    wt: &[f32],
-    m: usize,
-    bias: Option<&[f32]>,
-    g: &Geom,
-    relu: bool,
-    out: &mut O,
-) {
-    dense_with(
-        Pointwise::at(arch::level()),
-        x,
-        n,
-        wt,
-        m,
-        bias,
-        g,
-        relu,
-        out,
-    )
+pub fn dense<O: Output + ?Sized>(x: &[f32], n: usize, m: usize, g: &Geom, f: Filter, out: &mut O) {
+    dense_with(Pointwise::at(arch::level()), x, n, m, g, f, out)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dense_with<O: Output + ?Sized>(
     path: Pointwise,
     x: &[f32],
     n: usize,
-    wt: &[f32],
     m: usize,
-    bias: Option<&[f32]>,
     g: &Geom,
-    relu: bool,
+    f: Filter,
     out: &mut O,
 ) {
+    let Filter { wt, relu, .. } = f;
     let (plane_in, plane_out, taps) = (g.plane_in(), g.plane_out(), g.kh * g.kw);
     assert_eq!(x.len(), n * g.c * plane_in, "dense input length");
     assert_eq!(wt.len(), m * g.c * taps, "dense weight length");
@@ -372,7 +338,14 @@ pub(crate) fn dense_with<O: Output + ?Sized>(
                 }
             }
         }
-        pointwise_with(path, &cols, 1, plane_out, wt, m, bias, false, o);
+        pointwise_with(
+            path,
+            &cols,
+            [1, plane_out],
+            m,
+            Filter { relu: false, ..f },
+            o,
+        );
     }
     // SAFETY: every image's output block was written by `pointwise_with`.
     unsafe { mark_written(out) };

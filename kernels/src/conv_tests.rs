@@ -21,6 +21,10 @@ fn vec_of1(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap()
 }
 
+fn filter<'a>(wt: &'a [f32], bias: Option<&'a [f32]>, relu: bool) -> Filter<'a> {
+    Filter { wt, bias, relu }
+}
+
 /// The pointwise paths this build and CPU have.
 fn pointwise_paths() -> Vec<Pointwise> {
     let mut paths = std::vec![Pointwise::Portable];
@@ -71,7 +75,7 @@ fn depthwise_matches_burn() {
             let (xv, wv) = (vec_of(x), vec_of(wt));
             for level in [Level::Portable, arch::level()] {
                 let got = fresh_vec(n * c * oh * ow, |o| {
-                    depthwise_at(level, &xv, n, &wv, Some(&bv), &g, false, o)
+                    depthwise_at(level, &xv, n, &g, filter(&wv, Some(&bv), false), o)
                 });
                 TensorData::new(got, [n, c, oh, ow])
                     .assert_approx_eq::<f32>(&want.clone().into_data(), Tolerance::absolute(1e-5));
@@ -114,7 +118,7 @@ fn depthwise_asymmetric_padding() {
         ow,
     };
     let got = fresh_vec(n * c * oh * ow, |o| {
-        depthwise(&vec_of(x), n, &vec_of(wt), None, &g, false, o)
+        depthwise(&vec_of(x), n, &g, filter(&vec_of(wt), None, false), o)
     });
     TensorData::new(got, [n, c, oh, ow])
         .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
@@ -153,17 +157,8 @@ fn pointwise_matches_burn() {
                 let (xv, wv) = (vec_of(x.clone()), vec_of(wt.clone()));
                 let got = fresh_vec(n * m * h * w, |o| {
                     let s = crate::out::slots(o, n * m * h * w, "test");
-                    pointwise_with(
-                        path,
-                        &xv,
-                        n,
-                        h * w,
-                        &wv,
-                        m,
-                        bias.then_some(&bv[..]),
-                        relu,
-                        s,
-                    );
+                    let f = filter(&wv, bias.then_some(&bv[..]), relu);
+                    pointwise_with(path, &xv, [n, h * w], m, f, s);
                     // SAFETY: pointwise_with writes every output
                     unsafe { crate::out::mark_written(o) };
                 });
@@ -201,7 +196,7 @@ fn dense_matches_burn() {
         let g = Geom::square(c, [h, w], k, s, p, d);
         let (xv, wv, bv) = (vec_of(x), vec_of(wt), vec_of1(b));
         let got = fresh_vec(n * m * oh * ow, |o| {
-            dense(&xv, n, &wv, m, Some(&bv), &g, relu, o)
+            dense(&xv, n, m, &g, filter(&wv, Some(&bv), relu), o)
         });
         TensorData::new(got, [n, m, oh, ow])
             .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
@@ -224,7 +219,7 @@ fn strided_pointwise_matches_burn() {
         });
         let wv = vec_of(wt);
         let got = fresh_vec(n * m * oh * ow, |o| {
-            pointwise(&sub, n, oh * ow, &wv, m, None, false, o)
+            pointwise(&sub, [n, oh * ow], m, filter(&wv, None, false), o)
         });
         TensorData::new(got, [n, m, oh, ow])
             .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
@@ -312,13 +307,13 @@ proptest! {
         let b = rng.vec(g.c);
         let b = bias.then_some(&b[..]);
         let len = n * g.c * g.plane_out();
-        let want = fresh_vec(len, |o| depthwise_at(Level::Portable, &x, n, &wt, b, &g, relu, o));
+        let want = fresh_vec(len, |o| depthwise_at(Level::Portable, &x, n, &g, filter(&wt, b, relu), o));
         let babs = b.map(abs);
         let mag = fresh_vec(len, |o| {
-            depthwise_at(Level::Portable, &abs(&x), n, &abs(&wt), babs.as_deref(), &g, false, o)
+            depthwise_at(Level::Portable, &abs(&x), n, &g, filter(&abs(&wt), babs.as_deref(), false), o)
         });
         for level in simd_levels("depthwise") {
-            let got = fresh_vec(len, |o| depthwise_at(level, &x, n, &wt, b, &g, relu, o));
+            let got = fresh_vec(len, |o| depthwise_at(level, &x, n, &g, filter(&wt, b, relu), o));
             assert_close(&got, &want, &mag, &std::format!("depthwise {level:?} {g:?}"));
         }
     }
@@ -334,7 +329,7 @@ proptest! {
         let babs = b.map(abs);
         let len = n * m * g.plane_out();
         let run = |path, x: &[f32], wt: &[f32], b: Option<&[f32]>, relu| {
-            fresh_vec(len, |o| dense_with(path, x, n, wt, m, b, &g, relu, o))
+            fresh_vec(len, |o| dense_with(path, x, n, m, &g, filter(wt, b, relu), o))
         };
         let want = run(Pointwise::Portable, &x, &wt, b, relu);
         let mag = run(Pointwise::Portable, &abs(&x), &abs(&wt), babs.as_deref(), false);

@@ -2,9 +2,10 @@
 //! pooling, batch-norm, weighted-sum and channel-selection kernels.
 //!
 //! ```
-//! use splitnas_kernels::{conv, fresh_vec, Geom};
+//! # use splitnas_kernels::{conv, fresh_vec, Geom};
 //! let g = Geom::square(1, [4, 4], 3, 1, 1, 1); // 1 channel, 4x4, 3x3 kernel, padding 1
-//! let y = fresh_vec(16, |out| conv::depthwise(&[1.0; 16], 1, &[1.0; 9], None, &g, false, out));
+//! let f = conv::Filter { wt: &[1.0; 9], bias: None, relu: false };
+//! let y = fresh_vec(16, |out| conv::depthwise(&[1.0; 16], 1, &g, f, out));
 //! ```
 //!
 //! Every kernel takes `&[f32]` inputs and a small shape struct and writes into memory the
@@ -38,8 +39,6 @@ mod window;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
-#[cfg(test)]
-mod old_check;
 #[cfg(test)]
 mod testing;
 

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
 use crate::arch::{self, Level};
+use crate::conv::Filter;
 use crate::out::{mark_written, slots, Output};
 use crate::window::{window, MAX, SUM};
 use crate::Geom;
@@ -56,7 +57,7 @@ pub(crate) fn window_pool<const MODE: u8, O: Output + ?Sized>(
 ) {
     check(g);
     let s = slots(out, n * g.c * g.plane_out(), "pool");
-    window::<MODE>(x, n, &[], None, g, false, level, s);
+    window::<MODE>(x, n, Filter::default(), g, level, s);
     // SAFETY: `window` writes every output.
     unsafe { mark_written(out) };
 }
@@ -77,7 +78,7 @@ pub(crate) fn avg_at<O: Output + ?Sized>(
 ) {
     check(g);
     let s = slots(out, n * g.c * g.plane_out(), "pool");
-    window::<SUM>(x, n, &[], None, g, false, level, s);
+    window::<SUM>(x, n, Filter::default(), g, level, s);
     // SAFETY: `window` wrote every output.
     let out_f = unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) };
     if count_pad {

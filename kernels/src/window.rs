@@ -8,6 +8,7 @@
 use core::mem::MaybeUninit;
 
 use crate::arch::Level;
+use crate::conv::Filter;
 use crate::Geom;
 
 /// Work (multiply-adds) below which a kernel stays on the calling thread. Measured on a
@@ -195,19 +196,17 @@ fn pad_plane(x: &[f32], xp: &mut [f32], g: &Geom, (ph, pws): (usize, usize), rel
 
 /// Runs `MODE` over every window of every plane of `x [n, C, H, W]` into `out [n, C, oh,
 /// ow]`: each input plane is copied once into a padded plane, then the outputs are
-/// accumulated in registers over all taps. `wt [C, kh, kw]` and `bias [C]` are read for
-/// `CONV` only. Writes every element of `out`.
-#[allow(clippy::too_many_arguments)]
+/// accumulated in registers over all taps. `f.wt [C, kh, kw]` and `f.bias [C]` are read
+/// for `CONV` only. Writes every element of `out`.
 pub(crate) fn window<const MODE: u8>(
     x: &[f32],
     n: usize,
-    wt: &[f32],
-    bias: Option<&[f32]>,
+    f: Filter,
     g: &Geom,
-    relu: bool,
     level: Level,
     out: &mut [Out],
 ) {
+    let Filter { wt, bias, relu } = f;
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     assert_eq!(x.len(), n * g.c * plane_in, "window input length");
     let len = n * g.c * plane_out;

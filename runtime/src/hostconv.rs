@@ -2,7 +2,8 @@
 //! 1x1 pointwise, dense) and the strided subsample, each into a fresh vector (no zero pass
 //! before the kernel writes it).
 
-use splitnas_host::kernels::{conv, fresh_vec, select};
+use splitnas_host::kernels::conv::{self, Filter};
+use splitnas_host::kernels::{fresh_vec, select};
 
 pub(crate) use splitnas_host::kernels::Geom;
 
@@ -23,7 +24,7 @@ pub(crate) fn depthwise(
     relu: bool,
 ) -> Vec<f32> {
     fresh_vec(n * g.c * g.plane_out(), |o| {
-        conv::depthwise(x, n, wt, bias, g, relu, o)
+        conv::depthwise(x, n, g, Filter { wt, bias, relu }, o)
     })
 }
 
@@ -39,7 +40,7 @@ pub(crate) fn pointwise(
     relu: bool,
 ) -> Vec<f32> {
     fresh_vec(n * m * hw, |o| {
-        conv::pointwise(x, n, hw, wt, m, bias, relu, o)
+        conv::pointwise(x, [n, hw], m, Filter { wt, bias, relu }, o)
     })
 }
 
@@ -55,6 +56,6 @@ pub(crate) fn dense(
     relu: bool,
 ) -> Vec<f32> {
     fresh_vec(n * m * g.plane_out(), |o| {
-        conv::dense(x, n, wt, m, bias, g, relu, o)
+        conv::dense(x, n, m, g, Filter { wt, bias, relu }, o)
     })
 }
