@@ -21,8 +21,8 @@
 //! the architecture gradient is `dalpha - eta * implicit`. Burn has no double backward,
 //! hence the finite-difference Hessian-vector product.
 
+use crate::steps::cross_entropy;
 use crate::supernet::Supernet;
-use crate::train::cross_entropy;
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;

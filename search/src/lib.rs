@@ -19,6 +19,7 @@ pub mod mixed_op;
 pub mod plot;
 pub mod search;
 pub mod sru;
+pub mod steps;
 pub mod supernet;
 pub mod train;
 

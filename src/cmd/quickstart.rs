@@ -15,8 +15,9 @@ use splitnas_search::data::{self, DataOptions, DatasetKind};
 use splitnas_search::mixed_op::SelectorKind;
 use splitnas_search::plot::plot_run;
 use splitnas_search::search::{search, SearchOptions, SearchRecipe};
+use splitnas_search::steps::progress_bar;
 use splitnas_search::supernet::SupernetConfig;
-use splitnas_search::train::{load_run, progress_bar, train, TrainOptions, TrainRecipe};
+use splitnas_search::train::{load_run, train, TrainOptions, TrainRecipe};
 use std::path::PathBuf;
 use std::time::Instant;
 
