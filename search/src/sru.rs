@@ -12,7 +12,7 @@
 //!    `out = concat(X1a + X2b, X1b + X2a)`, i.e. `out_j = X1_j + X2_{(j + ceil(C/2)) mod C}`;
 //!    the second form is what runs, so odd C works too (C = 1: `out = X1 + X2`).
 //!
-//! Choices where the paper leaves room (documented in the README too): the gates multiply
+//! Choices where the paper leaves room (documented in docs/recipes.md too): the gates multiply
 //! the *input* X (not its normalized form), the soft part of the gate keeps W below the
 //! threshold (so gamma gets gradients through the gate as well as through GN), threshold
 //! 0.5, at most 4 groups (the selected channels are few: C/K), eps 1e-5. gamma starts at 1

@@ -11,17 +11,14 @@ use crate::plan::Planned;
 
 /// On the CPU backends a batch smaller than [`IMAGE_BATCH`] runs with one worker per
 /// core, at most this many, each taking whole ops on one thread (the independent ops of
-/// a cell side by side). On one 32x32 image a DARTS op is 0.3-1.3 M multiply-adds, too
-/// little to split: on a 2-core x86 (DARTS_V2 C=36 L=20) rayon inside each op took
-/// 22.8 ms per image, one thread 20.2-20.9 ms, two workers 13.7 ms (before the host
-/// kernels of this release; see the README for today's figures).
+/// a cell side by side): on one 32x32 image a DARTS op is 0.3-1.3 M multiply-adds, too
+/// little to split over cores. Figures: `docs/benchmarks.md`.
 pub const MAX_WORKERS: usize = 4;
 
 /// On the CPU backends batches of this size and larger run image-parallel: one worker
 /// per core, each running whole images op after op on one thread, so one image's values
-/// stay in that core's cache and workers never wait for each other (DARTS_V2 C=36 L=20
-/// batch 32 on a 2-core x86: 267-288 ms, against 391-517 ms for the graph workers
-/// over the whole batch and 593-608 ms for ops spread over both cores).
+/// stay in that core's cache and workers never wait for each other (faster than graph
+/// workers over the whole batch from this size on; figures in `docs/benchmarks.md`).
 pub const IMAGE_BATCH: usize = 4;
 
 /// One-thread rayon pools, one per worker.
