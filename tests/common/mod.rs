@@ -13,19 +13,9 @@ pub fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
     (shape, npy.into_vec().unwrap())
 }
 
-/// Writes a float32 .npy file.
+/// Writes a float32 .npy file (the runtime's writer: what `splitnas run --output` uses).
 pub fn write_npy(path: &Path, data: &[f32], shape: &[u64]) {
-    use npyz::WriterBuilder;
-    let mut bytes = vec![];
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut bytes)
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
-    std::fs::write(path, bytes).unwrap();
+    splitnas_runtime::input::write_npy(path, data, shape).unwrap();
 }
 
 /// tract's logits for `x` (NCHW `shape`) on the ONNX file at `path`.
