@@ -42,14 +42,16 @@ pub enum Order {
 }
 
 impl std::str::FromStr for Order {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::error::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "first" | "1" => Ok(Order::First),
             "second" | "2" => Ok(Order::Second),
-            other => Err(format!(
-                "unknown order '{other}' (expected first or second)"
-            )),
+            _ => Err(crate::error::UnknownName {
+                what: "order",
+                value: s.to_string(),
+                expected: "first or second",
+            }),
         }
     }
 }

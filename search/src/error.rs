@@ -208,3 +208,15 @@ pub(crate) fn require(
         })
     }
 }
+
+/// A name (of a channel selector, a gradient order) that is none of the known values.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("unknown {what} '{value}' (expected {expected})")]
+pub struct UnknownName {
+    /// What was named: "selector", "order".
+    pub what: &'static str,
+    /// The name given.
+    pub value: String,
+    /// The known names.
+    pub expected: &'static str,
+}

@@ -12,6 +12,7 @@ use splitnas_search::architect::Order as LibOrder;
 use splitnas_search::data::DatasetKind;
 use splitnas_search::device::DeviceKind;
 use splitnas_search::mixed_op::SelectorKind;
+use splitnas_search::supernet::SupernetConfig;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
@@ -55,6 +56,56 @@ pub struct RunDirArgs {
     /// Continue the run in --out after its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+}
+
+// The search method: `--partial-k`, `--selector`, `--spatial-reconstruction`,
+// `--learn-proportion` and `--order` (search and `bench search-step`).
+#[derive(Args)]
+pub struct MethodArgs {
+    /// Partial channel factor K: C/K channels of each edge enter the operations (1 = DARTS).
+    /// Default 4.
+    #[arg(long)]
+    pub partial_k: Option<usize>,
+    /// Channel selection: split (CSC-DARTS: fixed split + channel shuffle), random
+    /// (PC-DARTS-style subset per step) or attention (ADARTS: top-scored channels of a
+    /// channel-attention module, weighted by their scores).
+    #[arg(
+        long,
+        default_value = "split",
+        value_parser = choice::<Selector>(),
+        hide_possible_values = true
+    )]
+    pub selector: Selector,
+    /// Slim-DARTS: a spatial reconstruction unit (group-norm gated, cross-reconstructed)
+    /// on the channels entering every MixedOp.
+    #[arg(long)]
+    pub spatial_reconstruction: bool,
+    /// Slim-DARTS: learn each edge's proportion of processed channels (a softmax mixture of
+    /// 1/2, 1/4 and 1/8, trained with the architecture) instead of a fixed --partial-k.
+    #[arg(long, conflicts_with = "partial_k")]
+    pub learn_proportion: bool,
+    /// Architecture gradient: first or second (unrolled, finite-difference Hessian).
+    #[arg(
+        long,
+        default_value = "first",
+        value_parser = choice::<Order>(),
+        hide_possible_values = true
+    )]
+    pub order: Order,
+}
+
+impl MethodArgs {
+    /// `cfg` with this method's channel selection.
+    pub fn apply(&self, cfg: SupernetConfig) -> SupernetConfig {
+        let cfg = cfg
+            .with_selector(self.selector.into())
+            .with_spatial_reconstruction(self.spatial_reconstruction)
+            .with_learn_proportion(self.learn_proportion);
+        match self.partial_k {
+            Some(k) => cfg.with_partial_k(k),
+            None => cfg,
+        }
+    }
 }
 
 // The network and batch sizes of the training benchmarks (synthetic data).

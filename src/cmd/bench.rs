@@ -1,7 +1,7 @@
 //! `splitnas bench`: search-step, training-step and inference benchmarks, each ending
 //! with a `key=value` line.
 
-use super::args::{choice, BenchSizeArgs, Device, DeviceArg, Order, SeedArg, Selector};
+use super::args::{BenchSizeArgs, Device, DeviceArg, MethodArgs, SeedArg};
 use super::errors;
 use super::run::load_model;
 use anyhow::{bail, Result};
@@ -22,28 +22,8 @@ pub enum BenchCmd {
 
 #[derive(Args)]
 pub struct SearchStepArgs {
-    #[arg(long, default_value_t = 4)]
-    partial_k: usize,
-    #[arg(
-        long,
-        default_value = "split",
-        value_parser = choice::<Selector>(),
-        hide_possible_values = true
-    )]
-    selector: Selector,
-    /// Slim-DARTS spatial reconstruction unit in every MixedOp.
-    #[arg(long)]
-    spatial_reconstruction: bool,
-    /// Slim-DARTS learned proportion (branches with 1/2, 1/4, 1/8 of the channels).
-    #[arg(long)]
-    learn_proportion: bool,
-    #[arg(
-        long,
-        default_value = "first",
-        value_parser = choice::<Order>(),
-        hide_possible_values = true
-    )]
-    order: Order,
+    #[command(flatten)]
+    method: MethodArgs,
     #[command(flatten)]
     size: BenchSizeArgs,
     /// Timed iterations after one warm-up iteration.
@@ -95,16 +75,14 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 fn search_step(a: SearchStepArgs) -> Result<()> {
     let s = a.size;
     let o = SearchBench {
-        supernet: SupernetConfig::new()
-            .with_channels(s.channels)
-            .with_layers(s.layers)
-            .with_partial_k(a.partial_k)
-            .with_selector(a.selector.into())
-            .with_spatial_reconstruction(a.spatial_reconstruction)
-            .with_learn_proportion(a.learn_proportion)
-            .with_in_channels(s.in_channels)
-            .with_image_size(s.image_size),
-        order: a.order.into(),
+        supernet: a.method.apply(
+            SupernetConfig::new()
+                .with_channels(s.channels)
+                .with_layers(s.layers)
+                .with_in_channels(s.in_channels)
+                .with_image_size(s.image_size),
+        ),
+        order: a.method.order.into(),
         batch_size: s.batch_size,
         steps: a.steps,
         seed: a.seed.seed,

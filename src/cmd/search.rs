@@ -1,6 +1,6 @@
 //! `splitnas search`: search a cell with channel-split differentiable architecture search.
 
-use super::args::{choice, DataArgs, DeviceArg, Order, RunDirArgs, SeedArg, Selector};
+use super::args::{DataArgs, DeviceArg, MethodArgs, RunDirArgs, SeedArg};
 use super::errors;
 use anyhow::Result;
 use clap::Args;
@@ -28,28 +28,8 @@ pub struct SearchArgs {
     /// scaled linearly with --batch-size (0.025 at 64) when not given.
     #[arg(long)]
     lr: Option<f64>,
-    /// Partial channel factor K: C/K channels of each edge enter the operations (1 = DARTS).
-    /// Default 4.
-    #[arg(long)]
-    partial_k: Option<usize>,
-    /// Channel selection: split (CSC-DARTS: fixed split + channel shuffle), random
-    /// (PC-DARTS-style subset per step) or attention (ADARTS: top-scored channels of a
-    /// channel-attention module, weighted by their scores).
-    #[arg(
-        long,
-        default_value = "split",
-        value_parser = choice::<Selector>(),
-        hide_possible_values = true
-    )]
-    selector: Selector,
-    /// Slim-DARTS: a spatial reconstruction unit (group-norm gated, cross-reconstructed)
-    /// on the channels entering every MixedOp.
-    #[arg(long)]
-    spatial_reconstruction: bool,
-    /// Slim-DARTS: learn each edge's proportion of processed channels (a softmax mixture of
-    /// 1/2, 1/4 and 1/8, trained with the architecture) instead of a fixed --partial-k.
-    #[arg(long, conflicts_with = "partial_k")]
-    learn_proportion: bool,
+    #[command(flatten)]
+    method: MethodArgs,
     /// LFR-DARTS: search the 3 stages (cells before, between and after the reductions) one
     /// after the other, shallow to deep, each on the derived cells of the earlier ones;
     /// the --epochs are split between the stages, each starting with --warmup-epochs.
@@ -61,14 +41,6 @@ pub struct SearchArgs {
     /// Ablate the identity connection.
     #[arg(long = "no-identity")]
     no_identity: bool,
-    /// Architecture gradient: first or second (unrolled, finite-difference Hessian).
-    #[arg(
-        long,
-        default_value = "first",
-        value_parser = choice::<Order>(),
-        hide_possible_values = true
-    )]
-    order: Order,
     /// Adam learning rate of the architecture parameters.
     #[arg(long, default_value_t = SearchRecipe::DARTS.arch_lr)]
     arch_lr: f64,
@@ -91,17 +63,12 @@ pub struct SearchArgs {
 
 pub fn run(a: SearchArgs) -> Result<()> {
     let seed = a.seed.seed;
-    let mut supernet = SupernetConfig::new()
+    let supernet = SupernetConfig::new()
         .with_channels(a.channels)
         .with_layers(a.layers)
-        .with_selector(a.selector.into())
         .with_identity(a.identity || !a.no_identity)
-        .with_spatial_reconstruction(a.spatial_reconstruction)
-        .with_learn_proportion(a.learn_proportion)
         .with_stages(a.progressive.unwrap_or(1));
-    if let Some(k) = a.partial_k {
-        supernet = supernet.with_partial_k(k);
-    }
+    let supernet = a.method.apply(supernet);
     let opts = SearchOptions {
         dataset: a.data.dataset.into(),
         data: DataOptions {
@@ -118,7 +85,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
             arch_lr: a.arch_lr,
             warmup_epochs: a.warmup_epochs,
             train_portion: a.train_portion,
-            order: a.order.into(),
+            order: a.method.order.into(),
             seed,
             ..SearchRecipe::DARTS
         },
