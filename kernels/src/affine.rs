@@ -10,6 +10,7 @@
 
 use alloc::vec::Vec;
 
+use crate::arch::{self, Level};
 use crate::elementwise::{pair_sum, sum};
 
 /// Below this many elements one thread does the whole layer (the pool's hand-off costs
@@ -73,6 +74,17 @@ pub fn normalize(
     beta: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    normalize_at(arch::level(), xs, dims, s, [gamma, beta], out)
+}
+
+pub(crate) fn normalize_at(
+    level: Level,
+    xs: &[f32],
+    dims: [usize; 4],
+    s: &Stats,
+    [gamma, beta]: [Option<&[f32]>; 2],
+    out: &mut [f32],
+) {
     check(xs.len(), dims, "input");
     check(out.len(), dims, "output");
     let [_, c, h, w] = dims;
@@ -84,7 +96,14 @@ pub fn normalize(
         let ci = p % c;
         let scale = s.inv_std[ci] * gamma.map_or(1.0, |g| g[ci]);
         let shift = beta.map_or(0.0, |b| b[ci]) - s.mean[ci] * scale;
-        for (o, &v) in o.iter_mut().zip(&xs[p * hw..][..hw]) {
+        let x = &xs[p * hw..][..hw];
+        #[cfg(target_arch = "aarch64")]
+        if level == Level::Neon {
+            // SAFETY: callers pass a level the CPU has; `x` is as long as `o`.
+            return unsafe { crate::aarch64::lanes::scale_shift(x, scale, shift, o) };
+        }
+        let _ = level;
+        for (o, &v) in o.iter_mut().zip(x) {
             *o = v * scale + shift;
         }
     });
@@ -123,6 +142,18 @@ pub fn input_grad(
     sums: &[(f64, f64)],
     out: &mut [f32],
 ) {
+    input_grad_at(arch::level(), [gs, xs], dims, s, gamma, sums, out)
+}
+
+pub(crate) fn input_grad_at(
+    level: Level,
+    [gs, xs]: [&[f32]; 2],
+    dims: [usize; 4],
+    s: &Stats,
+    gamma: Option<&[f32]>,
+    sums: &[(f64, f64)],
+    out: &mut [f32],
+) {
     check(gs.len(), dims, "gradient");
     check(xs.len(), dims, "input");
     check(out.len(), dims, "input gradient");
@@ -139,6 +170,12 @@ pub fn input_grad(
         let mg = (sums[ci].0 / count) as f32;
         let mgx = (sums[ci].1 / count) as f32;
         let (g, x) = (&gs[p * hw..][..hw], &xs[p * hw..][..hw]);
+        #[cfg(target_arch = "aarch64")]
+        if level == Level::Neon {
+            // SAFETY: callers pass a level the CPU has; `g` and `x` are as long as `o`.
+            return unsafe { crate::aarch64::lanes::bn_input_grad(o, g, x, [k, mg, m, is, mgx]) };
+        }
+        let _ = level;
         for ((o, &gv), &xv) in o.iter_mut().zip(g).zip(x) {
             *o = k * (gv - mg - (xv - m) * is * mgx);
         }
@@ -172,5 +209,35 @@ mod tests {
         let mut dx = vec![1f32; 4];
         input_grad(&g, &xs, dims, &s, None, &sums, &mut dx);
         assert!(dx.iter().all(|v| v.abs() < 1e-6), "{dx:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Normalization and its input gradient: every SIMD level equals the portable
+        /// build exactly (the same products and sums in the same order, no fused
+        /// multiply-add), planes of any length (vector tails included).
+        #[test]
+        fn simd_equals_portable(n in 1usize..3, c in 1usize..5, h in 1usize..9, w in 1usize..11, seed: u64, affine: bool) {
+            let mut rng = crate::testing::Rng::new(seed);
+            let dims = [n, c, h, w];
+            let len = n * c * h * w;
+            let (xs, gs) = (rng.vec(len), rng.vec(len));
+            let (gamma, beta) = (rng.vec(c), rng.vec(c));
+            let (gamma, beta) = (affine.then_some(&gamma[..]), affine.then_some(&beta[..]));
+            let s = batch_stats(&xs, dims, 1e-5);
+            let sums = grad_sums(&gs, &xs, dims, &s);
+            let run = |level| {
+                let mut y = vec![0f32; len];
+                normalize_at(level, &xs, dims, &s, [gamma, beta], &mut y);
+                let mut dx = vec![0f32; len];
+                input_grad_at(level, [&gs, &xs], dims, &s, gamma, &sums, &mut dx);
+                (y, dx)
+            };
+            let want = run(Level::Portable);
+            for level in crate::testing::simd_levels("batch norm") {
+                proptest::prop_assert_eq!(&run(level), &want, "{:?}", level);
+            }
+        }
     }
 }

@@ -2,13 +2,14 @@
 //! padding), 1x1 pointwise, dense (group 1, any kernel: im2col, then pointwise), and the
 //! depthwise weight gradient.
 //!
-//! - **Depthwise**: the window engine (padded plane, AVX2 + FMA register tiles; see
-//!   `crate::window`).
+//! - **Depthwise**: the window engine (padded plane, AVX2 + FMA or NEON register tiles;
+//!   see `crate::window`).
 //! - **Pointwise** (1x1, no padding, group 1; a strided one reads a
 //!   [`crate::select::subsample`]d copy): with AVX-512, tiles of 12 output channels x 32
 //!   pixels kept in registers over all input channels, read straight from NCHW (no
-//!   packing), the bias as starting value and a fused ReLU applied on load; else (`std`)
-//!   one `gemm` call per image; else a portable loop, which defines the result.
+//!   packing), the bias as starting value and a fused ReLU applied on load; with NEON
+//!   (aarch64) the same scheme in tiles of 6 channels x 16 pixels; else (`std`) one `gemm`
+//!   call per image; else a portable loop, which defines the result.
 //! - **Dense**: per image the input windows laid out as columns `[C kh kw, oh ow]`, then
 //!   pointwise.
 //!
@@ -67,14 +68,21 @@ pub(crate) enum Pointwise {
     /// AVX-512 register tiles.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// NEON register tiles.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Pointwise {
     /// The fastest path at `level`.
     pub(crate) fn at(level: Level) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if level >= Level::Avx512 {
+        if level == Level::Avx512 {
             return Pointwise::Avx512;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if level == Level::Neon {
+            return Pointwise::Neon;
         }
         let _ = level;
         #[cfg(feature = "std")]
@@ -177,7 +185,8 @@ pub(crate) fn pointwise_with(
             return;
         }
         // SAFETY: lengths asserted above; each (image, column block) writes its own
-        // region, all joined before return; `Avx512` only when the CPU has AVX-512F.
+        // region, all joined before return; `Avx512` / `Neon` only when the CPU has
+        // AVX-512F / NEON.
         unsafe {
             let (o, xi, w) = (
                 base.add(i * m * hw),
@@ -191,6 +200,14 @@ pub(crate) fn pointwise_with(
                         crate::x86_64::avx512::image::<true>(o.0, xi, w, bias, dims, (c0, c1))
                     } else {
                         crate::x86_64::avx512::image::<false>(o.0, xi, w, bias, dims, (c0, c1))
+                    }
+                }
+                #[cfg(target_arch = "aarch64")]
+                Pointwise::Neon => {
+                    if relu {
+                        crate::aarch64::pointwise::image::<true>(o.0, xi, w, bias, dims, (c0, c1))
+                    } else {
+                        crate::aarch64::pointwise::image::<false>(o.0, xi, w, bias, dims, (c0, c1))
                     }
                 }
                 #[cfg(feature = "std")]
@@ -395,7 +412,7 @@ pub(crate) fn depthwise_weight_grad_at(
     // always on the pool: this runs inside a backward pass, often beside the input gradient
     crate::par::chunks(out, taps, true, |ci, acc| {
         #[cfg(target_arch = "x86_64")]
-        if level >= Level::Avx2 {
+        if matches!(level, Level::Avx2 | Level::Avx512) {
             // SAFETY: callers pass a level the CPU has.
             unsafe { crate::x86_64::avx2::weight_grad_channel(&job, ci, acc) };
             return;

@@ -31,7 +31,7 @@ fn pointwise_paths() -> Vec<Pointwise> {
     #[cfg(feature = "std")]
     paths.push(Pointwise::Gemm);
     for l in simd_levels("pointwise") {
-        if l == Level::Avx512 {
+        if matches!(l, Level::Avx512 | Level::Neon) {
             paths.push(Pointwise::at(l));
         }
     }

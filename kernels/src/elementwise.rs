@@ -75,6 +75,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f64 {
 /// # Panics
 /// When `weights` and `terms` differ in length or a term is shorter than `out`.
 pub fn add_weighted<T: AsRef<[f32]> + Sync>(terms: &[T], weights: &[f32], out: &mut [f32]) {
+    add_weighted_at(crate::arch::level(), terms, weights, out)
+}
+
+pub(crate) fn add_weighted_at<T: AsRef<[f32]> + Sync>(
+    level: crate::arch::Level,
+    terms: &[T],
+    weights: &[f32],
+    out: &mut [f32],
+) {
     assert_eq!(terms.len(), weights.len(), "one weight per term");
     assert!(
         terms.iter().all(|t| t.as_ref().len() >= out.len()),
@@ -83,7 +92,16 @@ pub fn add_weighted<T: AsRef<[f32]> + Sync>(terms: &[T], weights: &[f32], out: &
     crate::par::chunks(out, BLOCK, out.len() >= PARALLEL_FROM, |i, block| {
         let start = i * BLOCK;
         for (y, &wi) in terms.iter().zip(weights) {
-            for (o, &v) in block.iter_mut().zip(&y.as_ref()[start..]) {
+            let y = &y.as_ref()[start..];
+            #[cfg(target_arch = "aarch64")]
+            if level == crate::arch::Level::Neon {
+                // SAFETY: callers pass a level the CPU has; every term is at least as
+                // long as the output (asserted above).
+                unsafe { crate::aarch64::lanes::add_scaled(block, wi, y) };
+                continue;
+            }
+            let _ = level;
+            for (o, &v) in block.iter_mut().zip(y) {
                 *o += wi * v;
             }
         }
@@ -139,5 +157,27 @@ mod tests {
         // large values that cancel: the tail (-1e8 + 1) and the lanes (1e8, 1) meet in f64
         let big = [1e8f32, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1e8, 1.0];
         assert_eq!(sum(&big, |v| v), 2.0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The weighted sum: every SIMD level equals the portable build exactly (each
+        /// product rounded, then added, terms in order), any length.
+        #[test]
+        fn weighted_sum_simd_equals_portable(len in 0usize..5000, terms in 1usize..8, seed: u64) {
+            let mut rng = crate::testing::Rng::new(seed);
+            let ys: Vec<Vec<f32>> = (0..terms).map(|_| rng.vec(len)).collect();
+            let (ws, start) = (rng.vec(terms), rng.vec(len));
+            let run = |level| {
+                let mut out = start.clone();
+                add_weighted_at(level, &ys, &ws, &mut out);
+                out
+            };
+            let want = run(crate::arch::Level::Portable);
+            for level in crate::testing::simd_levels("weighted sum") {
+                proptest::prop_assert_eq!(&run(level), &want, "{:?}", level);
+            }
+        }
     }
 }

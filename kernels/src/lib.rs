@@ -14,8 +14,9 @@
 //! zero pass runs first. No Burn, no types of the search space.
 //!
 //! Each family has a portable implementation that defines the result; SIMD builds live in
-//! per-architecture modules (`x86_64`: AVX2 + FMA, AVX-512; `aarch64` NEON and `wasm32`
-//! simd128 modules go beside it) and are chosen once at run time ([`arch::level`]).
+//! per-architecture modules (`x86_64`: AVX2 + FMA, AVX-512; `aarch64`: NEON; a `wasm32`
+//! simd128 module would go beside them) and are chosen once at run time ([`arch::level`]).
+//! 32-bit ARM runs the portable code (Rust's `core::arch::arm` NEON is unstable).
 //! The crate is `no_std` + `alloc`; the default `std` feature adds run-time CPU feature
 //! detection, rayon threads (where a layer is large enough to pay for them) and gemm's
 //! matrix product for 1x1 convolutions on CPUs without AVX-512.
@@ -26,6 +27,8 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod affine;
 pub mod arch;
 pub mod conv;

@@ -9,7 +9,15 @@ use crate::arch::{self, Level};
 /// passed).
 pub(crate) fn simd_levels(what: &str) -> Vec<Level> {
     let mut out = Vec::new();
-    for l in [Level::Avx2, Level::Avx512] {
+    let this_arch: &[Level] = if cfg!(target_arch = "x86_64") {
+        &[Level::Avx2, Level::Avx512]
+    } else if cfg!(target_arch = "aarch64") {
+        &[Level::Neon]
+    } else {
+        std::println!("note: {what}: no SIMD build on this target, the portable one runs");
+        &[]
+    };
+    for &l in this_arch {
         if arch::available(l) {
             out.push(l);
         } else {

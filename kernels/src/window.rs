@@ -3,7 +3,7 @@
 //! stores it as `s` column phases so a tap's loads stay contiguous), then outputs are
 //! accumulated over all taps, the kernel size fixed at compile time for 3x3 and 5x5.
 //! Portable: rows of 8 outputs the compiler vectorizes; x86_64: AVX2 + FMA register tiles
-//! (`crate::x86_64::avx2`). Every output is written once; no zero pass.
+//! (`crate::x86_64::avx2`); aarch64: NEON register tiles (`crate::aarch64::window`). Every output is written once; no zero pass.
 
 use core::mem::MaybeUninit;
 
@@ -154,11 +154,16 @@ fn plane_portable<const MODE: u8, const FMA: bool, const KH: usize, const KW: us
 fn plane_at<const MODE: u8>(p: &Plane, out: &mut [Out], level: Level) {
     assert_eq!(out.len(), p.g.oh * p.g.ow, "window output plane");
     #[cfg(target_arch = "x86_64")]
-    if level >= Level::Avx2 {
+    if matches!(level, Level::Avx2 | Level::Avx512) {
         // SAFETY: callers pass a level the CPU has (`arch::level`, or checked with
         // `arch::available`); `window` sized `xp` to the padded plane and `out` to the
         // output plane (asserted above).
         return unsafe { crate::x86_64::avx2::window_plane::<MODE>(p, out) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level == Level::Neon {
+        // SAFETY: as above, for NEON.
+        return unsafe { crate::aarch64::window::window_plane::<MODE>(p, out) };
     }
     let _ = level;
     // aarch64 has FMA in its baseline: the portable loops use it there
