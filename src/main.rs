@@ -8,6 +8,7 @@ mod cmd;
 
 use cmd::args::UnknownValue;
 use cmd::{bench, compare, export, genotype, plot, quickstart, run, search, train};
+use splitnas_runtime::cli::{report, UnknownDevice};
 
 /// mimalloc instead of the system allocator: Burn allocates a fresh buffer for
 /// most tensor operations, and glibc returns large ones to the OS on every free
@@ -65,15 +66,8 @@ fn main() {
         Err(e) => fail_parse(e),
     };
     if let Err(e) = dispatch(cli.command) {
-        // The chain, leaving out causes a message already quotes.
-        let mut msg = e.to_string();
-        for cause in e.chain().skip(1) {
-            let c = cause.to_string();
-            if !msg.contains(&c) {
-                msg = format!("{msg}: {c}");
-            }
-        }
-        eprintln!("error: {msg}");
+        // The chain, leaving out causes a message already quotes (as `splitnas-run` does).
+        eprintln!("error: {}", report(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -84,6 +78,11 @@ fn fail_parse(e: clap::Error) -> ! {
     if e.kind() == ErrorKind::ValueValidation {
         let source = std::error::Error::source(&e);
         if let Some(bad) = source.and_then(|s| s.downcast_ref::<UnknownValue>()) {
+            eprintln!("error: {bad}");
+            std::process::exit(1);
+        }
+        // `run` and `bench run` take their `--device` from the runtime's shared flags
+        if let Some(bad) = source.and_then(|s| s.downcast_ref::<UnknownDevice>()) {
             eprintln!("error: {bad}");
             std::process::exit(1);
         }

@@ -17,6 +17,8 @@
 //! Burn tensors.
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod device;
 pub mod error;
 mod exec;
