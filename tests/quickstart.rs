@@ -152,6 +152,14 @@ fn quickstart_on_the_embedded_subset() {
     let tract_logits = tract(&out.join("model.onnx"), &x, [8, 1, 28, 28]);
     let diff = max_abs(&tract_logits, &logits[..80]);
     assert!(diff <= 1e-4, "tract vs runtime max abs {diff}");
+    // kept for `.ci/run`: onnxruntime's check and scripts/arm-check.sh (the ARM runtime)
+    if let Ok(dir) = std::env::var("SPLITNAS_ONNX_CHECKS") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(out.join("model.onnx"), dir.join("quickstart_model.onnx")).unwrap();
+        let json = serde_json::json!({"input_shape": [8, 1, 28, 28], "input": x, "logits": &logits[..80], "tolerance": 1e-4});
+        std::fs::write(dir.join("quickstart_model.json"), json.to_string()).unwrap();
+    }
 
     // Pictures: the cell diagram names every op of the genotype; the plots parse and decode.
     let cell_text = parse_svg(&out.join("cell.svg"));

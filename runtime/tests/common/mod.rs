@@ -1,4 +1,5 @@
-//! A small ONNX graph writer for tests (onnx-protobuf), and tract as the reference.
+//! A small ONNX graph writer for tests (onnx-protobuf), and tract as the reference on
+//! x86_64 (the ARM test builds under qemu leave tract, the largest dev-dependency, out).
 #![allow(dead_code)]
 
 use onnx_protobuf::{
@@ -7,6 +8,7 @@ use onnx_protobuf::{
     ValueInfoProto,
 };
 use protobuf::{EnumOrUnknown, MessageField};
+#[cfg(target_arch = "x86_64")]
 use tract_onnx::prelude::*;
 
 pub enum A {
@@ -185,6 +187,7 @@ pub fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 pub fn tract_logits(bytes: &[u8], x: &[f32], shape: [usize; 4]) -> Vec<f32> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut &*bytes)
