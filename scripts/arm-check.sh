@@ -13,6 +13,7 @@
 #
 # Usage: scripts/arm-check.sh [ONNX_DIR]
 #   SPLITNAS=PATH       the x86_64 splitnas (default target/debug/splitnas, built if missing)
+#   SPLITNAS_RUN=PATH   the x86_64 splitnas-run (default target/debug/splitnas-run, same)
 #   ARM_TARGETS="..."   default: aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 #   ARM_TESTS=0         skip step 1's cargo tests
 # Needs: gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user (Debian), the rustup
@@ -23,6 +24,7 @@ root="$PWD"
 onnx_dir="${1:-}"
 targets="${ARM_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}"
 splitnas="${SPLITNAS:-target/debug/splitnas}"
+splitnas_run="${SPLITNAS_RUN:-target/debug/splitnas-run}"
 tol=1e-5
 npy="python3 $root/scripts/npy_tool.py"
 work="$(mktemp -d)"
@@ -36,16 +38,21 @@ runner() {
   esac
 }
 
-[ -x "$splitnas" ] || cargo build --bin splitnas
+# the x86_64 binaries: what `cargo test --workspace` built, else built here
+[ -x "$splitnas" ] || cargo build -p splitnas --bin splitnas
+[ -x "$splitnas_run" ] || cargo build -p splitnas-runtime --bin splitnas-run
 splitnas="$(realpath "$splitnas")"
-cargo build -p splitnas-runtime --bin splitnas-run
+splitnas_run="$(realpath "$splitnas_run")"
+# one test build per target also links its splitnas-run (the runtime has integration tests)
 for t in $targets; do
   start=$SECONDS
+  cargo test -p splitnas-kernels -p splitnas-runtime --target "$t" --no-run
+  echo "arm-check: $t built in $((SECONDS - start)) s"
   if [ "${ARM_TESTS:-1}" != 0 ]; then
+    start=$SECONDS
     cargo test -p splitnas-kernels -p splitnas-runtime --target "$t"
+    echo "arm-check: $t tests ran in $((SECONDS - start)) s"
   fi
-  cargo build -p splitnas-runtime --bin splitnas-run --target "$t"
-  echo "arm-check: $t built and tested in $((SECONDS - start)) s"
 done
 
 # the files and their inputs
@@ -93,7 +100,7 @@ done
 
 fail=0
 for t in x86_64 $targets; do
-  if [ "$t" = x86_64 ]; then bin="$root/target/debug/splitnas-run"; else bin="$root/target/$t/debug/splitnas-run"; fi
+  if [ "$t" = x86_64 ]; then bin="$splitnas_run"; else bin="$root/target/$t/debug/splitnas-run"; fi
   r="$(runner "$t")"
   for s in $stems; do
     dir="$work/$t/$s"
