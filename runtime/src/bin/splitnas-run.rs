@@ -3,7 +3,7 @@
 //! `splitnas bench run`: both binaries call [`splitnas_runtime::cli`].
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::Parser;
 use splitnas_runtime::cli::{self, BenchArgs, RunArgs, UnknownDevice};
 
 /// mimalloc, as in `splitnas`: Burn allocates a fresh buffer for most tensor operations.
@@ -13,40 +13,42 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_purge_delay`: freed pages stay with the process (as `splitnas` sets it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// `splitnas-run FILE --input ...`.
 #[derive(Parser)]
 #[command(
     name = "splitnas-run",
     version,
     about = "Run an ONNX file with Burn on images or a .npy tensor and print the top classes",
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    after_help = "Latency: splitnas-run bench FILE [--batch B] [--iters N] [--device D]"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
+struct RunCli {
     #[command(flatten)]
-    run: Option<RunArgs>,
+    run: RunArgs,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Inference latency of an ONNX file (prints a final `p50_ms=.. p90_ms=..` line).
-    Bench(BenchArgs),
+/// `splitnas-run bench FILE ...`.
+#[derive(Parser)]
+#[command(
+    name = "splitnas-run bench",
+    version,
+    about = "Inference latency of an ONNX file (prints a final `p50_ms=.. p90_ms=..` line)"
+)]
+struct BenchCli {
+    #[command(flatten)]
+    bench: BenchArgs,
 }
 
 fn main() {
     // SAFETY: sets a process-wide allocator option; no allocation is in flight.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    let parsed = Cli::try_parse().unwrap_or_else(|e| fail_parse(e));
-    let result = match (parsed.command, parsed.run) {
-        (Some(Command::Bench(a)), _) => cli::bench(&a),
-        (None, Some(a)) => cli::run(&a),
-        (None, None) => Cli::command()
-            .error(
-                ErrorKind::MissingRequiredArgument,
-                "give an ONNX file and --input PATH..., or `bench FILE`",
-            )
-            .exit(),
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let result = if args.get(1).is_some_and(|a| a == "bench") {
+        args.remove(1);
+        let cli = BenchCli::try_parse_from(args).unwrap_or_else(|e| fail_parse(e));
+        cli::bench(&cli.bench)
+    } else {
+        let cli = RunCli::try_parse_from(args).unwrap_or_else(|e| fail_parse(e));
+        cli::run(&cli.run)
     };
     if let Err(e) = result {
         eprintln!("error: {}", cli::report(&e));
