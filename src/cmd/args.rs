@@ -29,6 +29,19 @@ pub struct DeviceArg {
     pub device: Device,
 }
 
+impl DeviceArg {
+    /// The device, opened: a GPU names its adapter on stderr, so that a run never falls
+    /// back to the CPU unnoticed.
+    pub fn open(&self) -> anyhow::Result<DeviceKind> {
+        let kind = DeviceKind::from(self.device);
+        let what = splitnas_search::device::open(kind).map_err(super::errors::device)?;
+        if kind.is_gpu() {
+            eprintln!("device: {what}");
+        }
+        Ok(kind)
+    }
+}
+
 // `--dataset` (required) and `--data-dir`.
 #[derive(Args)]
 pub struct DataArgs {
@@ -242,18 +255,6 @@ impl From<Device> for DeviceKind {
             Device::Ndarray => DeviceKind::Ndarray,
             Device::Cuda => DeviceKind::Cuda,
             Device::Wgpu => DeviceKind::Wgpu,
-        }
-    }
-}
-
-impl From<Device> for splitnas_runtime::DeviceKind {
-    fn from(d: Device) -> Self {
-        use splitnas_runtime::DeviceKind as K;
-        match d {
-            Device::Cpu => K::Cpu,
-            Device::Ndarray => K::Ndarray,
-            Device::Cuda => K::Cuda,
-            Device::Wgpu => K::Wgpu,
         }
     }
 }

@@ -1,12 +1,13 @@
 //! `splitnas bench`: search-step, training-step and inference benchmarks, each ending
 //! with a `key=value` line.
 
-use super::args::{BenchSizeArgs, Device, DeviceArg, MethodArgs, SeedArg};
+use super::args::{BenchSizeArgs, DeviceArg, MethodArgs, SeedArg};
 use super::errors;
 use super::run::load_model;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use splitnas_search::bench::{bench_search, bench_train, BenchResult, SearchBench, TrainBench};
+use splitnas_search::device::DeviceKind;
 use splitnas_search::supernet::SupernetConfig;
 use std::path::{Path, PathBuf};
 
@@ -67,7 +68,7 @@ pub struct TrainArgs {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::SearchStep(a) => search_step(a),
-        BenchCmd::Run(a) => inference(&a.file, a.batch, a.iters, a.device.device),
+        BenchCmd::Run(a) => inference(&a.file, a.batch, a.iters, a.device.open()?),
         BenchCmd::Train(a) => train(a),
     }
 }
@@ -87,7 +88,7 @@ fn search_step(a: SearchStepArgs) -> Result<()> {
         steps: a.steps,
         seed: a.seed.seed,
     };
-    print_bench(&bench_search(a.device.device.into(), &o).map_err(errors::train)?);
+    print_bench(&bench_search(a.device.open()?, &o).map_err(errors::train)?);
     Ok(())
 }
 
@@ -103,7 +104,7 @@ fn train(a: TrainArgs) -> Result<()> {
         steps: a.steps,
         seed: a.seed.seed,
     };
-    let r = bench_train(a.device.device.into(), &o).map_err(errors::train)?;
+    let r = bench_train(a.device.open()?, &o).map_err(errors::train)?;
     if r.step_s <= 0.0 {
         bail!("benchmark measured no time");
     }
@@ -119,7 +120,7 @@ fn print_bench(r: &BenchResult) {
 }
 
 /// `bench run`: p50/p90 latency of `iters` runs of a `batch`-image input.
-fn inference(file: &Path, batch: usize, iters: usize, device: Device) -> Result<()> {
+fn inference(file: &Path, batch: usize, iters: usize, device: DeviceKind) -> Result<()> {
     if batch == 0 || iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
@@ -143,7 +144,7 @@ fn inference(file: &Path, batch: usize, iters: usize, device: Device) -> Result<
     println!(
         "{}: batch {batch}, {iters} runs on {}, {} steps",
         file.display(),
-        device.name(),
+        device,
         model.steps()
     );
     println!(

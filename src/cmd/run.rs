@@ -1,11 +1,11 @@
 //! `splitnas run`: an ONNX file with the Burn runtime on images or a .npy tensor; prints
 //! the top classes.
 
-use super::args::{Device, DeviceArg};
+use super::args::DeviceArg;
 use super::errors;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use splitnas_runtime::{input, AnyModel};
+use splitnas_runtime::{input, AnyModel, DeviceKind};
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -28,8 +28,8 @@ pub struct RunArgs {
 
 /// Loads `file` on `device`; errors name the file (and `--device` for a backend this
 /// binary lacks).
-pub fn load_model(file: &Path, device: Device) -> Result<AnyModel> {
-    AnyModel::load(file, device.into())
+pub fn load_model(file: &Path, device: DeviceKind) -> Result<AnyModel> {
+    AnyModel::load(file, device)
         .map_err(errors::runtime)
         .with_context(|| format!("{}", file.display()))
 }
@@ -38,7 +38,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.top_k == 0 {
         bail!("--top-k: must be at least 1");
     }
-    let model = load_model(&a.file, a.device.device)?;
+    let model = load_model(&a.file, a.device.open()?)?;
     let chw = model.input_shape();
     let (mut x, mut names) = (vec![], vec![]);
     for path in &a.input {
