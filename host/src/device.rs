@@ -99,10 +99,10 @@ fn open_wgpu() -> Result<String, DeviceError> {
     use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, WgpuDevice};
     // cubecl panics when no adapter matches; look first
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::all(),
+        backends: wgpu::Backends::PRIMARY,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     });
-    let adapters = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let adapters = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     if adapters.is_empty() {
         return Err(DeviceError::Unavailable {
             device: DeviceKind::Wgpu,
@@ -190,6 +190,36 @@ pub fn memory(kind: DeviceKind) -> Option<DeviceMemory> {
     }
 }
 
+/// The device kind of backend `B` (plain or under `Autodiff`), `None` for a backend
+/// splitnas does not offer.
+pub fn kind_of<B: burn::tensor::backend::Backend>() -> Option<DeviceKind> {
+    use burn::backend::{Autodiff, Flex, NdArray};
+    use std::any::TypeId;
+    fn either<B: 'static, P: burn::tensor::backend::Backend>() -> bool {
+        TypeId::of::<B>() == TypeId::of::<P>() || TypeId::of::<B>() == TypeId::of::<Autodiff<P>>()
+    }
+    if either::<B, Flex>() {
+        return Some(DeviceKind::Cpu);
+    }
+    if either::<B, NdArray>() {
+        return Some(DeviceKind::Ndarray);
+    }
+    #[cfg(feature = "cuda")]
+    if either::<B, burn::backend::Cuda>() {
+        return Some(DeviceKind::Cuda);
+    }
+    #[cfg(feature = "wgpu")]
+    if either::<B, burn::backend::Wgpu>() {
+        return Some(DeviceKind::Wgpu);
+    }
+    None
+}
+
+/// MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 /// The process's resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM` of
 /// `/proc/self/status`; `None` where there is no such file).
 pub fn host_rss() -> Option<(u64, u64)> {
@@ -224,6 +254,15 @@ mod tests {
             Err(DeviceError::Unknown("tpu".into()))
         );
         assert!(open(DeviceKind::Cpu).unwrap().contains("CPU"));
+        assert_eq!(
+            kind_of::<burn::backend::Autodiff<burn::backend::Flex>>(),
+            Some(DeviceKind::Cpu)
+        );
+        assert_eq!(
+            kind_of::<burn::backend::NdArray>(),
+            Some(DeviceKind::Ndarray)
+        );
+        assert_eq!(kind_of::<burn::backend::NdArray<f64>>(), None);
         assert_eq!(memory(DeviceKind::Cpu), None);
     }
 

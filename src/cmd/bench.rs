@@ -116,6 +116,17 @@ fn train(a: TrainArgs) -> Result<()> {
 fn print_bench(r: &BenchResult) {
     let each: Vec<String> = r.times.iter().map(|t| format!("{t:.4}")).collect();
     println!("steps_s={}", each.join(","));
+    let mb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "host_peak_rss_mb={} device_reserved_mb={}{}",
+        mb(r.host_peak_rss_mb),
+        mb(r.device_reserved_mb),
+        if r.device_reserved_mb.is_none() {
+            " (the CPU backends allocate from the process heap: see host_peak_rss_mb)"
+        } else {
+            ""
+        }
+    );
     println!("step_s={:.4} images_per_s={:.1}", r.step_s, r.images_per_s);
 }
 

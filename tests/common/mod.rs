@@ -49,3 +49,10 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// `n` deterministic images `[n, c, h, w]` with values in [-1, 1) (a fixed pattern, no RNG).
+pub fn input_images(n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    (0..n * c * h * w)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
