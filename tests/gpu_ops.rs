@@ -8,6 +8,8 @@
 //! another order; a wrong window, index or padding rule gives errors of order 1).
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
@@ -52,17 +54,6 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn wgpu_here() -> bool {
-    match splitnas_search::device::open(splitnas_search::device::DeviceKind::Wgpu) {
-        Ok(_) => true,
-        Err(e) if std::env::var("SPLITNAS_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!("skipped, no wgpu device: {e}");
-            false
-        }
-        Err(e) => panic!("SPLITNAS_REQUIRE_WGPU=1 but {e}"),
-    }
 }
 
 type Op<A> = Box<dyn Fn(Tensor<A, 4>, Tensor<A, 4>) -> Tensor<A, 4>>;
@@ -250,7 +241,7 @@ fn ops<A: AutodiffBackend>() -> Vec<(&'static str, [usize; 4], [usize; 4], Op<A>
 
 #[test]
 fn every_search_space_operation_on_wgpu_equals_flex() {
-    if !wgpu_here() {
+    if !common::wgpu_here() {
         return;
     }
     let cpu = ops::<Autodiff<Flex>>();
@@ -327,7 +318,7 @@ fn network_step<A: AutodiffBackend>() -> (f32, Vec<(Vec<usize>, Vec<f32>)>) {
 
 #[test]
 fn a_network_training_step_on_wgpu_equals_flex() {
-    if !wgpu_here() {
+    if !common::wgpu_here() {
         return;
     }
     let (la, ga) = splitnas_runtime::with_host_kernels(false, network_step::<Autodiff<Flex>>);
