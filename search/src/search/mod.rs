@@ -88,9 +88,8 @@ pub struct SearchMetrics {
     /// Peak resident memory of the process so far, MiB (Linux's `VmHWM`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_peak_rss_mb: Option<f64>,
-    /// Memory the device's allocator has reserved so far (its pools keep their pages, so
-    /// this is their high-water mark), MiB: CUDA and wgpu only; the CPU backends allocate
-    /// from the process heap, counted in `host_peak_rss_mb`.
+    /// Memory the device allocator has reserved so far (its high-water mark), MiB: CUDA
+    /// and wgpu only; the CPU backends allocate from the heap (in `host_peak_rss_mb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_reserved_mb: Option<f64>,
 }
