@@ -96,11 +96,9 @@ fn assert_same(what: &str, host: &Step, generic: &Step) -> f32 {
             (None, None) => {}
             (Some(a), Some(b)) => {
                 assert_eq!(a.len(), b.len(), "{what}: parameter {i}");
-                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-                if scale == 0.0 {
-                    assert!(b.iter().all(|v| *v == 0.0), "{what}: parameter {i}");
-                    continue;
-                }
+                // a gradient below 1e-6 is rounding noise of a zero (seen: 3.5e-10 on a
+                // Slim-DARTS parameter): compare against 1e-6 then
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
                 let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
                 assert!(
                     err <= 1e-3,
