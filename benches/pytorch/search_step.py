@@ -165,20 +165,27 @@ def main():
     ap.add_argument("--in-channels", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    net = Network(a.channels, a.layers, 10, a.partial_k, a.in_channels)
+    dev = torch.device(a.device)
+    net = Network(a.channels, a.layers, 10, a.partial_k, a.in_channels).to(dev)
     wopt = torch.optim.SGD(net.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     aopt = torch.optim.Adam(net.arch(), lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
 
     def batch():
-        return (torch.randn(a.batch_size, a.in_channels, a.image_size, a.image_size),
-                torch.randint(0, 10, (a.batch_size,)))
+        return (torch.randn(a.batch_size, a.in_channels, a.image_size, a.image_size, device=dev),
+                torch.randint(0, 10, (a.batch_size,), device=dev))
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     times = []
     for _ in range(a.steps):
         (xt, yt), (xv, yv) = batch(), batch()
+        sync()
         t0 = time.perf_counter()
         aopt.zero_grad()
         F.cross_entropy(net(xv), yv).backward()
@@ -187,10 +194,13 @@ def main():
         F.cross_entropy(net(xt), yt).backward()
         nn.utils.clip_grad_norm_(net.weights(), 5.0)
         wopt.step()
+        sync()
         times.append(time.perf_counter() - t0)
         print(f"step {len(times)}: {times[-1]:.3f} s", flush=True)
     s = statistics.median(times)
     print(f"step_s={s:.4f} images_per_s={a.batch_size / s:.1f}")
+    if dev.type == "cuda":
+        print(f"device_peak_mb={torch.cuda.max_memory_allocated() / 2**20:.1f}")
 
 
 if __name__ == "__main__":

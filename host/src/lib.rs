@@ -11,13 +11,17 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod device;
 mod floats;
 pub mod fs;
 mod route;
 pub mod step;
 
 pub use floats::HostFloats;
-pub use route::{on_host, route, same, Inner, Route};
+pub use route::{
+    host_kernels, on_host, route, same, set_host_kernels, with_host_kernels, Inner, Route,
+    HOST_KERNELS_ENV,
+};
 /// The kernels this crate adapts, for the crates that call them through it.
 pub use splitnas_kernels as kernels;
 

@@ -15,6 +15,7 @@
 //!
 //! Built with the `cli` feature (default on).
 
+use crate::device::{self, DeviceError};
 use crate::{input, AnyModel, DeviceKind, RuntimeError};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,15 @@ pub enum CliError {
         flag: &'static str,
         /// What is wrong with its value.
         problem: &'static str,
+    },
+    /// `--device NAME` cannot be opened: not compiled in, or no such device here.
+    #[error("--device {device}")]
+    Device {
+        /// The device asked for.
+        device: DeviceKind,
+        /// Why it cannot be used.
+        #[source]
+        source: DeviceError,
     },
     /// `bench`'s `--batch` or `--iters` is zero.
     #[error("--batch and --iters must be at least 1")]
@@ -68,7 +78,7 @@ pub enum LoadError {
     Device {
         /// The device as typed (`cuda`, `wgpu`).
         flag: &'static str,
-        /// The runtime's [`RuntimeError::NotCompiled`].
+        /// The runtime's [`RuntimeError::Device`].
         #[source]
         source: RuntimeError,
     },
@@ -96,13 +106,18 @@ pub fn parse_device(s: &str) -> Result<DeviceKind, UnknownDevice> {
     s.parse().map_err(|_| UnknownDevice(s.to_string()))
 }
 
-/// The name of `device` as typed on the command line.
-pub fn device_name(device: DeviceKind) -> &'static str {
-    match device {
-        DeviceKind::Cpu => "cpu",
-        DeviceKind::Ndarray => "ndarray",
-        DeviceKind::Cuda => "cuda",
-        DeviceKind::Wgpu => "wgpu",
+impl DeviceArg {
+    /// The device, opened (once per process): a GPU names its adapter on stderr
+    /// (`device: wgpu on ...`), so that a run never falls back to the CPU unnoticed.
+    pub fn open(&self) -> Result<DeviceKind, CliError> {
+        let what = device::open(self.device).map_err(|source| CliError::Device {
+            device: self.device,
+            source,
+        })?;
+        if self.device.is_gpu() {
+            eprintln!("device: {what}");
+        }
+        Ok(self.device)
     }
 }
 
@@ -147,7 +162,9 @@ pub fn load(file: &Path, device: DeviceKind) -> Result<AnyModel, CliError> {
     AnyModel::load(file, device).map_err(|e| CliError::Load {
         file: file.to_path_buf(),
         source: match e {
-            RuntimeError::NotCompiled(flag) => LoadError::Device { flag, source: e },
+            RuntimeError::Device(DeviceError::NotCompiled(flag)) => {
+                LoadError::Device { flag, source: e }
+            }
             e => LoadError::Runtime(e),
         },
     })
@@ -162,7 +179,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             problem: "must be at least 1",
         });
     }
-    let model = load(&a.file, a.device.device)?;
+    let model = load(&a.file, a.device.open()?)?;
     let chw = model.input_shape();
     let (mut x, mut names) = (vec![], vec![]);
     for path in &a.input {
@@ -212,10 +229,11 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
 /// warm-up runs; prints `FILE: batch B, N runs on DEVICE, S steps` and
 /// `p50_ms=.. p90_ms=.. images_per_s=..`.
 pub fn bench(a: &BenchArgs) -> Result<(), CliError> {
-    let (file, batch, iters, device) = (&a.file, a.batch, a.iters, a.device.device);
+    let (file, batch, iters) = (&a.file, a.batch, a.iters);
     if batch == 0 || iters == 0 {
         return Err(CliError::BenchCounts);
     }
+    let device = a.device.open()?;
     let model = load(file, device)?;
     let [c, h, w] = model.input_shape();
     let x: Vec<f32> = (0..batch * c * h * w)
@@ -236,7 +254,7 @@ pub fn bench(a: &BenchArgs) -> Result<(), CliError> {
     println!(
         "{}: batch {batch}, {iters} runs on {}, {} steps",
         file.display(),
-        device_name(device),
+        device,
         model.steps()
     );
     println!(

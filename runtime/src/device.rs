@@ -3,31 +3,7 @@
 use crate::{Model, RuntimeError};
 use std::path::Path;
 
-/// The devices a model can run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    /// Burn's flex CPU backend (default).
-    Cpu,
-    /// Burn's ndarray CPU backend.
-    Ndarray,
-    /// NVIDIA GPU (build with `--features cuda`).
-    Cuda,
-    /// wgpu GPU (build with `--features wgpu`).
-    Wgpu,
-}
-
-impl std::str::FromStr for DeviceKind {
-    type Err = RuntimeError;
-    fn from_str(s: &str) -> Result<Self, RuntimeError> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" | "flex" => Ok(DeviceKind::Cpu),
-            "ndarray" => Ok(DeviceKind::Ndarray),
-            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
-            "wgpu" => Ok(DeviceKind::Wgpu),
-            _ => Err(RuntimeError::UnknownDevice(s.to_string())),
-        }
-    }
-}
+pub use splitnas_host::device::{open, DeviceError, DeviceKind};
 
 /// A model loaded on one of the compiled-in backends.
 #[derive(Debug)]
@@ -68,11 +44,11 @@ impl AnyModel {
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => AnyModel::Cuda(Model::from_bytes(bytes, &Default::default())?),
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => return Err(RuntimeError::NotCompiled("cuda")),
+            DeviceKind::Cuda => return Err(DeviceError::NotCompiled("cuda").into()),
             #[cfg(feature = "wgpu")]
             DeviceKind::Wgpu => AnyModel::Wgpu(Model::from_bytes(bytes, &Default::default())?),
             #[cfg(not(feature = "wgpu"))]
-            DeviceKind::Wgpu => return Err(RuntimeError::NotCompiled("wgpu")),
+            DeviceKind::Wgpu => return Err(DeviceError::NotCompiled("wgpu").into()),
         })
     }
 

@@ -66,12 +66,9 @@ pub enum RuntimeError {
     /// Input data and shape disagree, or an unreadable input file.
     #[error("{0}")]
     Input(String),
-    /// A device name that is none of [`crate::DeviceKind`]'s.
-    #[error("unknown device '{0}' (use cpu, ndarray, cuda or wgpu)")]
-    UnknownDevice(String),
-    /// A backend this binary was built without.
-    #[error("this binary was built without the '{0}' feature; rebuild with `cargo build --release --features {0}`")]
-    NotCompiled(&'static str),
+    /// A device that is unknown, not compiled in or not present.
+    #[error(transparent)]
+    Device(#[from] splitnas_host::device::DeviceError),
 }
 
 impl RuntimeError {

@@ -38,6 +38,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use exec::workers::{self, Pools};
 use plan::Planned;
+/// The switch between the host kernels and Burn's generic ops on the CPU backends
+/// (`SPLITNAS_HOST_KERNELS=0` turns the host kernels off; see `splitnas_host::route`).
+pub use splitnas_host::{host_kernels, set_host_kernels, with_host_kernels, HOST_KERNELS_ENV};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -60,6 +63,9 @@ pub struct Model<B: Backend> {
     /// [`IMAGE_BATCH`]); `None` on GPU backends.
     pools: Option<Pools>,
     graph: workers::Graph,
+    /// Whether the plan was built for the host kernels (`splitnas_host::route` at load
+    /// time): execution follows the decision the plan was built with.
+    on_host: bool,
 }
 
 impl<B: Backend> Model<B> {
@@ -157,7 +163,15 @@ impl<B: Backend> Model<B> {
                 n,
                 &pools[..pools.len().min(MAX_WORKERS)],
             ),
-            _ => exec::execute(&self.plan, self.values, input, self.output, n, profile),
+            _ => exec::execute(
+                &self.plan,
+                self.values,
+                input,
+                self.output,
+                n,
+                profile,
+                self.on_host,
+            ),
         };
         Ok(y.reshape([n, self.classes_count]))
     }

@@ -76,12 +76,14 @@ pub(crate) fn from_bytes<B: Backend>(
         .graph
         .as_ref()
         .ok_or_else(|| RuntimeError::Model("no graph".into()))?;
+    let on_host = host::is_host::<B>();
     let mut cx = Ctx::<B> {
         device,
         opset,
         known: HashMap::new(),
         plan: vec![],
         next_id: 1,
+        on_host,
     };
     for t in &graph.initializer {
         let c = from_proto(t)
@@ -118,7 +120,8 @@ pub(crate) fn from_bytes<B: Backend>(
         metadata,
         opset,
         device: device.clone(),
-        pools: if host::is_host::<B>() {
+        on_host,
+        pools: if on_host {
             workers::one_thread_pools()
         } else {
             None

@@ -280,6 +280,17 @@ fn check(head: Head, opset: i64, stem: &str) {
     assert!(max_abs(&three, &reference[..30]) < 1e-4);
     let one = model.run_host(&x[..3 * 16 * 16], 1).unwrap();
     assert!(max_abs(&one, &reference[..10]) < 1e-4);
+    // host kernels off: Burn's generic ops, what CUDA and wgpu run (rounding only differs)
+    let generic = splitnas_runtime::with_host_kernels(false, || {
+        let m = Model::<Flex>::load_bytes_for_test(&bytes);
+        (
+            m.run_host(&x, 5).unwrap(),
+            m.run_host(&x[..3 * 16 * 16], 1).unwrap(),
+        )
+    });
+    let d3 = max_abs(&generic.0, &ours).max(max_abs(&generic.1, &ours[..10]));
+    eprintln!("{stem}: host kernels off vs on {d3:.2e}");
+    assert!(d3 < 1e-4, "{stem} host kernels off: {d3}");
     let spread = reference.iter().copied().fold(f32::MIN, f32::max)
         - reference.iter().copied().fold(f32::MAX, f32::min);
     assert!(spread > 1e-2, "{stem}: logits nearly constant");

@@ -1,7 +1,7 @@
 //! Benchmarks (figures come from here, never from timed tests).
 
 use crate::data::{make_batch, synthetic};
-use crate::device::DeviceKind;
+use crate::device::{host_rss, memory, mib, seeded, DeviceKind};
 use crate::error::Constraint::AtLeastOne;
 use crate::error::{require, Setting, TrainError};
 use crate::search::SearchRecipe;
@@ -47,6 +47,11 @@ pub struct BenchResult {
     pub images_per_s: f64,
     /// Seconds of every timed step, in the order they ran.
     pub times: Vec<f64>,
+    /// Peak resident memory of the process, MiB (Linux).
+    pub host_peak_rss_mb: Option<f64>,
+    /// What the device allocator reserved (its high-water mark), MiB; `None` on the CPU
+    /// backends, which allocate from the process heap.
+    pub device_reserved_mb: Option<f64>,
 }
 
 impl BenchResult {
@@ -58,6 +63,8 @@ impl BenchResult {
             step_s,
             images_per_s: images as f64 / step_s,
             times,
+            host_peak_rss_mb: None,
+            device_reserved_mb: None,
         }
     }
 }
@@ -75,7 +82,8 @@ fn check_counts(steps: usize, batch_size: usize) -> Result<(), TrainError> {
 /// Times full training steps (forward, backward, clip, SGD) on synthetic data.
 pub fn bench_train(device: DeviceKind, o: &TrainBench) -> Result<BenchResult, TrainError> {
     check_counts(o.steps, o.batch_size)?;
-    crate::with_autodiff_backend!(device, bench_train_on(o))
+    let r = crate::with_autodiff_backend!(device, bench_train_on(o))?;
+    Ok(with_memory(r, device))
 }
 
 fn bench_train_on<B: AutodiffBackend>(
@@ -89,8 +97,12 @@ fn bench_train_on<B: AutodiffBackend>(
         .with_layers(o.layers)
         .with_in_channels(o.in_channels)
         .with_image_size(o.image_size);
-    B::seed(device, o.seed);
-    let mut model: Network<B> = cfg.init(device)?;
+    let mut model: Network<B> = seeded(
+        device,
+        o.seed,
+        |d| cfg.init::<burn::backend::Flex>(d),
+        |d| cfg.init(d),
+    )?;
     let r = TrainRecipe::DARTS;
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
@@ -146,7 +158,17 @@ pub struct SearchBench {
 pub fn bench_search(device: DeviceKind, o: &SearchBench) -> Result<BenchResult, TrainError> {
     check_counts(o.steps, o.batch_size)?;
     o.supernet.validate()?;
-    crate::with_autodiff_backend!(device, bench_search_on(o))
+    let r = crate::with_autodiff_backend!(device, bench_search_on(o))?;
+    Ok(with_memory(r, device))
+}
+
+/// `r` with the memory figures of the run that gave it.
+fn with_memory(r: BenchResult, device: DeviceKind) -> BenchResult {
+    BenchResult {
+        host_peak_rss_mb: host_rss().map(|(_, peak)| mib(peak)),
+        device_reserved_mb: memory(device).map(|m| mib(m.reserved)),
+        ..r
+    }
 }
 
 fn bench_search_on<B: AutodiffBackend>(
@@ -157,9 +179,13 @@ fn bench_search_on<B: AutodiffBackend>(
     use crate::supernet::Supernet;
     use burn::optim::AdamConfig;
     let _turn = crate::exclusive_run();
-    B::seed(device, o.seed);
     let s = &o.supernet;
-    let mut net: Supernet<B> = s.init(device)?;
+    let mut net: Supernet<B> = seeded(
+        device,
+        o.seed,
+        |d| s.init::<burn::backend::Flex>(d),
+        |d| s.init(d),
+    )?;
     let r = SearchRecipe::DARTS;
     let mut w_optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {

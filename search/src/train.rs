@@ -13,7 +13,7 @@
 
 use crate::checkpoint::{self, write_atomic};
 use crate::data::{self, Augment, DataOptions, Dataset, DatasetKind, ImageSet};
-use crate::device::DeviceKind;
+use crate::device::{seeded, DeviceKind};
 use crate::error::Constraint::{AtLeastOne, HalfOpenUnit, Positive};
 pub use crate::error::TrainError;
 use crate::error::{require, Setting};
@@ -309,8 +309,12 @@ pub fn train_on<B: AutodiffBackend>(
     };
     let r = cfg.recipe.clone();
 
-    B::seed(device, r.seed);
-    let mut model: Network<B> = cfg.network.init(device)?;
+    let mut model: Network<B> = seeded(
+        device,
+        r.seed,
+        |d| cfg.network.init::<burn::backend::Flex>(d),
+        |d| cfg.network.init(d),
+    )?;
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
             momentum: r.momentum,

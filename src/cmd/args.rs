@@ -1,33 +1,22 @@
 //! Flag groups several commands share (`#[command(flatten)]`; their structs carry no doc
 //! comment, which clap would take for the command's about text) and the named values of
-//! `--device`, `--dataset`, `--selector` and `--order`.
+//! `--dataset`, `--selector` and `--order` (`--device` is the runtime's `DeviceArg`).
 //!
 //! A named value that matches none of its choices fails with the message the commands
-//! have always printed (`--device: unknown device 'tpu' (expected ...)`, exit code 1)
+//! have always printed (`--dataset: unknown data set 'x' (expected ...)`, exit code 1)
 //! rather than clap's usage error: `main` recognises it by its [`UnknownValue`] source.
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, ValueEnum};
 use splitnas_search::architect::Order as LibOrder;
 use splitnas_search::data::DatasetKind;
-use splitnas_search::device::DeviceKind;
 use splitnas_search::mixed_op::SelectorKind;
 use splitnas_search::supernet::SupernetConfig;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
-// `--device`.
-#[derive(Args)]
-pub struct DeviceArg {
-    /// cpu (flex, default), ndarray, cuda or wgpu.
-    #[arg(
-        long,
-        default_value = "cpu",
-        value_parser = choice::<Device>(),
-        hide_possible_values = true
-    )]
-    pub device: Device,
-}
+/// `--device`: the same flag, parser and opening as `splitnas-run`'s (one home).
+pub use splitnas_runtime::cli::DeviceArg;
 
 // `--dataset` (required) and `--data-dir`.
 #[derive(Args)]
@@ -193,7 +182,7 @@ fn expected<E: ValueEnum>() -> String {
     }
 }
 
-/// The parser of a [`Choice`] flag: `#[arg(value_parser = choice::<Device>())]` (clap
+/// The parser of a [`Choice`] flag: `#[arg(value_parser = choice::<Order>())]` (clap
 /// would otherwise pick its own `ValueEnum` parser, with its own error).
 pub fn choice<E: Choice>() -> ChoiceParser<E> {
     ChoiceParser(PhantomData)
@@ -205,57 +194,6 @@ macro_rules! choice {
             const NOUN: &'static str = $noun;
         }
     };
-}
-
-/// `--device`: the compute device (and with it the Burn backend).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    /// Burn's flex CPU backend.
-    #[value(alias = "flex")]
-    Cpu,
-    /// Burn's ndarray CPU backend.
-    Ndarray,
-    /// NVIDIA GPU.
-    #[value(alias = "gpu")]
-    Cuda,
-    /// wgpu GPU.
-    Wgpu,
-}
-choice!(Device, "device");
-
-impl Device {
-    /// The name as typed on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Device::Cpu => "cpu",
-            Device::Ndarray => "ndarray",
-            Device::Cuda => "cuda",
-            Device::Wgpu => "wgpu",
-        }
-    }
-}
-
-impl From<Device> for DeviceKind {
-    fn from(d: Device) -> Self {
-        match d {
-            Device::Cpu => DeviceKind::Cpu,
-            Device::Ndarray => DeviceKind::Ndarray,
-            Device::Cuda => DeviceKind::Cuda,
-            Device::Wgpu => DeviceKind::Wgpu,
-        }
-    }
-}
-
-impl From<Device> for splitnas_runtime::DeviceKind {
-    fn from(d: Device) -> Self {
-        use splitnas_runtime::DeviceKind as K;
-        match d {
-            Device::Cpu => K::Cpu,
-            Device::Ndarray => K::Ndarray,
-            Device::Cuda => K::Cuda,
-            Device::Wgpu => K::Wgpu,
-        }
-    }
 }
 
 /// `--dataset`.
@@ -350,13 +288,6 @@ mod tests {
 
     #[test]
     fn every_spelling_the_hand_parsers_took_is_accepted() {
-        let device = |s| Device::from_str(s, true).map(DeviceKind::from).ok();
-        for s in ["cpu", "CPU", "flex", "Flex"] {
-            assert_eq!(device(s), Some(DeviceKind::Cpu), "{s}");
-        }
-        assert_eq!(device("gpu"), Some(DeviceKind::Cuda));
-        assert_eq!(device("NDARRAY"), Some(DeviceKind::Ndarray));
-        assert_eq!(device("tpu"), None);
         for s in [
             "fashion-mnist",
             "fashion_mnist",
@@ -389,15 +320,15 @@ mod tests {
     #[derive(clap::Parser)]
     struct Probe {
         #[command(flatten)]
-        device: DeviceArg,
+        data: DataArgs,
     }
 
     #[test]
     fn a_bad_value_fails_with_the_commands_message_and_a_good_one_parses() {
         use clap::Parser;
-        let e = match Probe::try_parse_from(["probe", "--device", "tpu"]) {
+        let e = match Probe::try_parse_from(["probe", "--dataset", "imagenet"]) {
             Err(e) => e,
-            Ok(_) => panic!("tpu parsed"),
+            Ok(_) => panic!("imagenet parsed"),
         };
         assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
         let bad = std::error::Error::source(&e)
@@ -405,17 +336,16 @@ mod tests {
             .expect("an UnknownValue source");
         assert_eq!(
             bad.to_string(),
-            "--device: unknown device 'tpu' (expected cpu, ndarray, cuda or wgpu)"
+            "--dataset: unknown data set 'imagenet' (expected fashion-mnist, mnist, cifar10, cifar100 or synthetic)"
         );
-        let ok = |args: &[&str]| Probe::try_parse_from(args).map(|p| p.device.device).ok();
-        assert_eq!(ok(&["probe"]), Some(Device::Cpu));
-        assert_eq!(ok(&["probe", "--device", "FLEX"]), Some(Device::Cpu));
-        assert_eq!(ok(&["probe", "--device", "gpu"]), Some(Device::Cuda));
+        let ok = |args: &[&str]| Probe::try_parse_from(args).map(|p| p.data.dataset).ok();
+        assert_eq!(ok(&["probe"]), None);
+        assert_eq!(ok(&["probe", "--dataset", "MNIST"]), Some(Dataset::Mnist));
+        assert_eq!(ok(&["probe", "--dataset", "Fashion_MNIST"]), Some(Dataset::FashionMnist));
     }
 
     #[test]
     fn expected_lists_the_names() {
-        assert_eq!(expected::<Device>(), "cpu, ndarray, cuda or wgpu");
         assert_eq!(expected::<Order>(), "first or second");
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use splitnas_runtime::cli::BenchArgs;
 use splitnas_search::bench::{bench_search, bench_train, BenchResult, SearchBench, TrainBench};
+use splitnas_search::device::DeviceKind;
 use splitnas_search::supernet::SupernetConfig;
 
 #[derive(Subcommand)]
@@ -73,7 +74,7 @@ fn search_step(a: SearchStepArgs) -> Result<()> {
         steps: a.steps,
         seed: a.seed.seed,
     };
-    print_bench(&bench_search(a.device.device.into(), &o).map_err(errors::train)?);
+    print_bench(&bench_search(a.device.open()?, &o).map_err(errors::train)?);
     Ok(())
 }
 
@@ -89,7 +90,7 @@ fn train(a: TrainArgs) -> Result<()> {
         steps: a.steps,
         seed: a.seed.seed,
     };
-    let r = bench_train(a.device.device.into(), &o).map_err(errors::train)?;
+    let r = bench_train(a.device.open()?, &o).map_err(errors::train)?;
     if r.step_s <= 0.0 {
         bail!("benchmark measured no time");
     }
@@ -101,5 +102,16 @@ fn train(a: TrainArgs) -> Result<()> {
 fn print_bench(r: &BenchResult) {
     let each: Vec<String> = r.times.iter().map(|t| format!("{t:.4}")).collect();
     println!("steps_s={}", each.join(","));
+    let mb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "host_peak_rss_mb={} device_reserved_mb={}{}",
+        mb(r.host_peak_rss_mb),
+        mb(r.device_reserved_mb),
+        if r.device_reserved_mb.is_none() {
+            " (the CPU backends allocate from the process heap: see host_peak_rss_mb)"
+        } else {
+            ""
+        }
+    );
     println!("step_s={:.4} images_per_s={:.1}", r.step_s, r.images_per_s);
 }

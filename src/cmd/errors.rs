@@ -83,9 +83,7 @@ pub fn train(e: TrainError) -> anyhow::Error {
         _ => {
             return match e {
                 TrainError::Genotype(g) => anyhow::Error::new(g).context("--genotype"),
-                TrainError::Device(d @ DeviceError::NotCompiled(name)) => {
-                    anyhow::Error::new(d).context(format!("--device {name}"))
-                }
+                TrainError::Device(d) => device(d),
                 e => e.into(),
             }
         }
@@ -136,9 +134,17 @@ pub fn network(e: &NetworkError) -> Option<anyhow::Error> {
 /// A runtime error under the flags of `splitnas run` and `bench run`.
 pub fn runtime(e: splitnas_runtime::RuntimeError) -> anyhow::Error {
     match e {
-        splitnas_runtime::RuntimeError::NotCompiled(name) => {
-            anyhow::Error::new(e).context(format!("--device {name}"))
-        }
+        splitnas_runtime::RuntimeError::Device(d) => device(d),
         e => e.into(),
     }
+}
+
+/// A device error under `--device`.
+pub fn device(e: DeviceError) -> anyhow::Error {
+    let flag = match &e {
+        DeviceError::NotCompiled(name) => format!("--device {name}"),
+        DeviceError::Unavailable { device, .. } => format!("--device {device}"),
+        _ => "--device".into(),
+    };
+    anyhow::Error::new(e).context(flag)
 }

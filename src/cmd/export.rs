@@ -1,7 +1,9 @@
 //! `splitnas export`: a trained run (or a genotype with seeded weights) to one ONNX file.
 
+use super::args::DeviceArg;
 use super::errors;
 use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
 use clap::{ArgGroup, Args};
 use splitnas_export::{export, Metadata};
 use splitnas_models::{Genotype, NetworkConfig};
@@ -42,6 +44,9 @@ pub struct ExportArgs {
     /// The ONNX file to write (written to a temporary name, then renamed).
     #[arg(long)]
     out: PathBuf,
+    // where the network is loaded and folded (the file is the same on every device)
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// The ONNX metadata of a training run: its genotype, normalization, classes, data set.
@@ -56,8 +61,12 @@ pub fn metadata(run: &RunConfig) -> Metadata {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    type B = burn::backend::Flex;
-    let device = Default::default();
+    let kind = a.device.open()?;
+    splitnas_search::with_backend!(kind, export_on(&a))
+}
+
+fn export_on<B: Backend>(device: &B::Device, a: &ExportArgs) -> Result<()> {
+    let device = device.clone();
     let (cfg, net, meta) = match (&a.run, &a.genotype) {
         (Some(dir), _) => {
             let (run, net) = load_run::<B>(dir, &device)
@@ -74,7 +83,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
                 .with_image_size(a.image_size)
                 .with_classes(a.classes)
                 .with_identity(a.identity);
-            <B as burn::tensor::backend::Backend>::seed(&device, a.init_seed);
+            B::seed(&device, a.init_seed);
             let net = cfg
                 .init::<B>(&device)
                 .map_err(|e| errors::network(&e).unwrap_or_else(|| e.into()))?;

@@ -124,7 +124,7 @@ fn pick_out(q: &QuickstartArgs) -> Result<PathBuf> {
 
 /// Runs the quickstart.
 pub fn run(q: QuickstartArgs) -> Result<()> {
-    let device = q.device.device;
+    let device = q.device.open()?;
     if q.search_epochs < 2 {
         bail!("--search-epochs must be at least 2 (one warm-up epoch, then search)");
     }
@@ -262,10 +262,10 @@ pub fn run(q: QuickstartArgs) -> Result<()> {
         "\n[4/5] runtime: {} on {} test images with Burn ({})",
         onnx.display(),
         q.test_limit,
-        device.name()
+        device
     );
     let t = Instant::now();
-    let model = AnyModel::load(&onnx, device.into())
+    let model = AnyModel::load(&onnx, device)
         .map_err(errors::runtime)
         .with_context(|| onnx.display().to_string())?;
     let dataset = data::load(DatasetKind::FashionMnist, &data_opts)?;

@@ -93,7 +93,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
         resume: a.run_dir.resume,
         progress: true,
     };
-    let s = search(a.device.device.into(), &opts).map_err(errors::train)?;
+    let s = search(a.device.open()?, &opts).map_err(errors::train)?;
     println!(
         "final genotype = {}\nwrote {}",
         s.genotype.to_darts(),

@@ -81,7 +81,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         resume: a.run_dir.resume,
         progress: true,
     };
-    let s = train(a.device.device.into(), &opts).map_err(errors::train)?;
+    let s = train(a.device.open()?, &opts).map_err(errors::train)?;
     if let Some(m) = s.metrics.last() {
         println!(
             "final test_acc={:.4} test_loss={:.4} parameters={} out={}",

@@ -49,3 +49,41 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// `n` deterministic images `[n, c, h, w]` with values in [-1, 1) (a fixed pattern, no RNG).
+pub fn input_images(n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    (0..n * c * h * w)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// Runs the `splitnas` binary with `args`: (success, stdout, stderr).
+pub fn splitnas(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitnas"))
+        .args(args)
+        .output()
+        .expect("run splitnas");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether a wgpu adapter is here (the GPU tests, built with `--features wgpu`). Without
+/// one a test returns early and passes, unless `SPLITNAS_REQUIRE_WGPU=1` (CI, on lavapipe)
+/// makes it a failure.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_here() -> bool {
+    match splitnas_search::device::open(splitnas_search::device::DeviceKind::Wgpu) {
+        Ok(what) => {
+            eprintln!("{what}");
+            true
+        }
+        Err(e) if std::env::var("SPLITNAS_REQUIRE_WGPU").as_deref() != Ok("1") => {
+            eprintln!("skipped, no wgpu device: {e}");
+            false
+        }
+        Err(e) => panic!("SPLITNAS_REQUIRE_WGPU=1 but {e}"),
+    }
+}

@@ -180,10 +180,10 @@ pub(crate) fn execute<B: Backend>(
     output: usize,
     n: usize,
     profile: bool,
+    on_host: bool,
 ) -> Tensor<B, 4> {
     let mut values: Vec<Option<Tensor<B, 4>>> = vec![None; values_len];
     values[0] = Some(input);
-    let on_host = host::is_host::<B>();
     let mut times: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
     for p in plan {
         let t0 = std::time::Instant::now();

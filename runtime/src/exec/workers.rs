@@ -6,7 +6,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::{execute, run_step};
-use crate::host;
 use crate::plan::Planned;
 
 /// On the CPU backends a batch smaller than [`IMAGE_BATCH`] runs with one worker per
@@ -147,7 +146,8 @@ pub(crate) fn execute_parallel<B: Backend>(
     let done: Vec<AtomicBool> = (0..plan.len()).map(|_| AtomicBool::new(false)).collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let on_host = host::is_host::<B>();
+    // only the CPU backends with the host kernels on run here (their pools)
+    let on_host = true;
     let worker = || {
         let _flag = PanicFlag(&failed);
         loop {
@@ -218,7 +218,7 @@ pub(crate) fn execute_images<B: Backend>(
             }
             let x = chunks[i].clone();
             let n = x.dims()[0];
-            let y = execute(plan, values_len, x, output, n, false);
+            let y = execute(plan, values_len, x, output, n, false, true);
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
         }
     };

@@ -71,6 +71,8 @@ pub(crate) struct Ctx<'d, B: Backend> {
     pub known: HashMap<String, Known>,
     pub plan: Vec<Planned<B>>,
     pub next_id: usize,
+    /// Whether the plan uses the host kernels (decided once, at load).
+    pub on_host: bool,
 }
 
 /// A node with attribute and input helpers; errors name the node and operator.

@@ -98,7 +98,7 @@ pub(super) fn conv<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeE
     let depthwise = group == c && m == c && cg == 1;
     let pointwise = [kh, kw] == [1, 1] && pads == [0; 4] && group == 1;
     let dense = group == 1 && !pointwise;
-    let step = if crate::host::is_host::<B>() && (depthwise || pointwise || dense) {
+    let step = if cx.on_host && (depthwise || pointwise || dense) {
         let b = bias;
         let kind = if pointwise {
             HostKind::Pointwise {

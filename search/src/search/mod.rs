@@ -20,13 +20,14 @@ pub use options::{
 use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
 use crate::checkpoint::{self, write_atomic};
 use crate::data::{self, Augment, DataOptions, Dataset, DatasetKind, ImageSet};
-use crate::device::DeviceKind;
+use crate::device::{host_rss, kind_of, memory, mib, seeded, DeviceKind};
 use crate::error::TrainError;
 use crate::steps::{
     argmax_correct, batch_tensors, clip_grad_norm, cosine_lr, cross_entropy, epoch_seed,
     progress_bar, scalar,
 };
 use crate::supernet::{CellWeights, Supernet};
+use burn::backend::Flex;
 use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -84,6 +85,13 @@ pub struct SearchMetrics {
     /// (per-edge values are in `weights`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proportion: Option<Entropy>,
+    /// Peak resident memory of the process so far, MiB (Linux's `VmHWM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_peak_rss_mb: Option<f64>,
+    /// Memory the device allocator has reserved so far (its high-water mark), MiB: CUDA
+    /// and wgpu only; the CPU backends allocate from the heap (in `host_peak_rss_mb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_reserved_mb: Option<f64>,
 }
 
 /// The genotype of a progressive search so far: the derived pairs of the finished stages,
@@ -270,8 +278,12 @@ pub fn search_on<B: AutodiffBackend>(
             }
         }
     }
-    B::seed(device, r.seed);
-    let mut net: Supernet<B> = cfg.supernet.init_stage(device, &frozen)?;
+    let mut net: Supernet<B> = seeded(
+        device,
+        r.seed,
+        |d| cfg.supernet.init_stage::<Flex>(d, &frozen),
+        |d| cfg.supernet.init_stage(d, &frozen),
+    )?;
     let new_w_optim = || {
         SgdConfig::new()
             .with_momentum(Some(MomentumConfig {
@@ -354,8 +366,12 @@ pub fn search_on<B: AutodiffBackend>(
         if stage > frozen.len() {
             // Progressive search: freeze the finished stage's derived cells, deepen.
             frozen.push(net.genotype().stage(0).clone());
-            B::seed(device, epoch_seed(r.seed, epoch) ^ 0x57a6e);
-            net = cfg.supernet.init_stage(device, &frozen)?;
+            net = seeded(
+                device,
+                epoch_seed(r.seed, epoch) ^ 0x57a6e,
+                |d| cfg.supernet.init_stage::<Flex>(d, &frozen),
+                |d| cfg.supernet.init_stage(d, &frozen),
+            )?;
             w_optim = new_w_optim();
             a_optim = new_a_optim();
             println!(
@@ -485,6 +501,8 @@ pub fn search_on<B: AutodiffBackend>(
                 normal: mean(n),
                 reduce: mean(r),
             }),
+            host_peak_rss_mb: host_rss().map(|(_, peak)| mib(peak)),
+            device_reserved_mb: kind_of::<B>().and_then(memory).map(|m| mib(m.reserved)),
         };
         println!(
             "epoch {}/{} train_loss={:.4} train_acc={:.4} valid_loss={:.4} valid_acc={:.4} entropy={:.4}/{:.4} seconds={:.1}",

@@ -196,7 +196,7 @@ impl From<CompareArgs> for Compare {
             seeds: a.seeds,
             random_genotypes: a.random_genotypes,
             seed: a.seed,
-            device: a.device.device.name().to_string(),
+            device: a.device.device.to_string(),
             out: a.out,
         }
     }
