@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use splitnas_runtime::cli::BenchArgs;
 use splitnas_search::bench::{bench_search, bench_train, BenchResult, SearchBench, TrainBench};
-use splitnas_search::device::DeviceKind;
 use splitnas_search::supernet::SupernetConfig;
 
 #[derive(Subcommand)]
