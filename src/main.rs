@@ -68,8 +68,9 @@ fn main() {
     if let Err(e) = dispatch(cli.command) {
         // The chain, leaving out causes a message already quotes (as `splitnas-run` does).
         eprintln!("error: {}", report(e.as_ref()));
-        std::process::exit(1);
+        splitnas_runtime::device::exit(1);
     }
+    splitnas_runtime::device::exit(0);
 }
 
 /// A named flag value that is none of its choices is reported like every other bad value

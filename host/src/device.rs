@@ -70,17 +70,45 @@ impl DeviceKind {
     }
 }
 
+/// What [`open`] answered, per kind.
+static OPENED: [OnceLock<Result<String, DeviceError>>; 4] = [
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+];
+
+/// Whether this process opened a GPU ([`open`] succeeded for cuda or wgpu).
+pub fn gpu_opened() -> bool {
+    [DeviceKind::Cuda, DeviceKind::Wgpu]
+        .iter()
+        .any(|&k| matches!(OPENED[k as usize].get(), Some(Ok(_))))
+}
+
+/// Ends the process with `code`, for a binary's `main` once its work is written. After a
+/// GPU was opened it flushes stdout and stderr and leaves with `_exit`, skipping the C
+/// library's exit handlers: lavapipe (Mesa 22.3, under wgpu) was seen to crash in them
+/// (a segfault in `free`, exit status 139 after every output line was written) while
+/// the device's threads still ran. Without a GPU it is `std::process::exit`.
+pub fn exit(code: i32) -> ! {
+    #[cfg(unix)]
+    if gpu_opened() {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: `_exit` ends the process at once; nothing after it runs, and the
+        // output streams were flushed above (files are written atomically and closed
+        // before a command returns).
+        unsafe { libc::_exit(code) };
+    }
+    std::process::exit(code)
+}
+
 /// Opens the default device of `kind` (once per process; later calls return the first
 /// answer) and describes it: the adapter and graphics API for wgpu, the device for CUDA,
 /// the backend for the CPU. Fails, rather than letting Burn panic later, when the backend
 /// is not compiled in or finds no device.
 pub fn open(kind: DeviceKind) -> Result<String, DeviceError> {
-    static OPENED: [OnceLock<Result<String, DeviceError>>; 4] = [
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-    ];
     OPENED[kind as usize]
         .get_or_init(|| match kind {
             DeviceKind::Cpu => Ok(format!(

@@ -3,7 +3,7 @@
 use crate::{Model, RuntimeError};
 use std::path::Path;
 
-pub use splitnas_host::device::{open, DeviceError, DeviceKind};
+pub use splitnas_host::device::{exit, open, DeviceError, DeviceKind};
 
 /// A model loaded on one of the compiled-in backends.
 #[derive(Debug)]

@@ -341,7 +341,10 @@ mod tests {
         let ok = |args: &[&str]| Probe::try_parse_from(args).map(|p| p.data.dataset).ok();
         assert_eq!(ok(&["probe"]), None);
         assert_eq!(ok(&["probe", "--dataset", "MNIST"]), Some(Dataset::Mnist));
-        assert_eq!(ok(&["probe", "--dataset", "Fashion_MNIST"]), Some(Dataset::FashionMnist));
+        assert_eq!(
+            ok(&["probe", "--dataset", "Fashion_MNIST"]),
+            Some(Dataset::FashionMnist)
+        );
     }
 
     #[test]

@@ -57,16 +57,22 @@ pub fn input_images(n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Runs the `splitnas` binary with `args`: (success, stdout, stderr).
+/// Runs the `splitnas` binary with `args`: (success, stdout, stderr). stderr ends with the
+/// exit status when the run failed (`signal: 11 (SIGSEGV)` reads differently from `exit
+/// status: 1`).
 pub fn splitnas(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitnas"))
         .args(args)
         .output()
         .expect("run splitnas");
+    let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        stderr.push_str(&format!("\n[{}]", out.status));
+    }
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr,
     )
 }
 

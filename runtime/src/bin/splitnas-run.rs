@@ -52,8 +52,9 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {}", cli::report(&e));
-        std::process::exit(1);
+        splitnas_runtime::device::exit(1);
     }
+    splitnas_runtime::device::exit(0);
 }
 
 /// An unknown `--device` is one line and exit status 1, as in `splitnas`; clap reports the
