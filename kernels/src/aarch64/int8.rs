@@ -5,9 +5,16 @@
 //!   pixels' pairs with a broadcast weight pair gives 16 i16 products (`|x w| <= 2^14`),
 //!   `vpadalq_s16` adds each pixel's two into its i32 lane;
 //! - [`taps_neon`]: depthwise rows on i16 inputs, `vmlal_s16` (widening multiply-add
-//!   into i32), 8 outputs per step.
+//!   into i32), 8 outputs per step;
+//! - [`store_row_neon`]: the requantization of a row of sums, 8 lanes a step:
+//!   `vqshlq_s32` is the saturating left shift, `vqrdmulhq_s32` gemmlowp's
+//!   `SaturatingRoundingDoublingHighMul` (both round half up and saturate only
+//!   `MIN * MIN`), and `vrshlq_s32` after a -1 fix-up of negative lanes its
+//!   `RoundingDivideByPOT` (gemmlowp's own NEON build).
 
 use core::arch::aarch64::*;
+
+use crate::int8::{OutQ, Requant};
 
 /// One tile: rows `[r0, r0 + R)` x pixels `[p0, p0 + 8 NV)`.
 ///
@@ -125,4 +132,39 @@ pub(crate) unsafe fn taps_neon(x: &[i16], off: &[usize], w: &[i16], acc: &mut [i
         o += 8;
     }
     crate::int8::conv::taps_portable(x, off, w, &mut acc[o..], o);
+}
+
+/// `dst[i] = out.store(r.apply(acc[i] + base))`, 8 lanes a step (see the module doc); the
+/// tail through `crate::int8::gemm::store_row_portable`.
+///
+/// # Safety
+/// NEON present.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn store_row_neon(acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
+    assert_eq!(acc.len(), dst.len(), "int8 row lengths");
+    let n = acc.len() / 8 * 8;
+    let left = vdupq_n_s32(r.shift.max(0));
+    let right = vdupq_n_s32(-(-r.shift).max(0));
+    let (q, b) = (vdupq_n_s32(r.multiplier), vdupq_n_s32(base));
+    let z = out.zero as i32;
+    let (lo, hi, zv) = (
+        vdupq_n_s32(out.min as i32 - z),
+        vdupq_n_s32(out.max as i32 - z),
+        vdupq_n_s32(z),
+    );
+    let one = |x: int32x4_t| {
+        let x = vqrdmulhq_s32(vqshlq_s32(vaddq_s32(x, b), left), q);
+        // -1 on negative lanes when shifting right (`right` has its sign bit set then)
+        let fixup = vshrq_n_s32::<31>(vandq_s32(x, right));
+        let x = vrshlq_s32(vqaddq_s32(x, fixup), right);
+        vaddq_s32(vminq_s32(vmaxq_s32(x, lo), hi), zv)
+    };
+    for i in (0..n).step_by(8) {
+        let a = one(vld1q_s32(acc.as_ptr().add(i)));
+        let c = one(vld1q_s32(acc.as_ptr().add(i + 4)));
+        // in i8 range: the saturating narrows are exact
+        let v = vqmovn_s16(vcombine_s16(vqmovn_s32(a), vqmovn_s32(c)));
+        vst1_s8(dst.as_mut_ptr().add(i), v);
+    }
+    crate::int8::gemm::store_row_portable(&acc[n..], base, r, out, &mut dst[n..]);
 }

@@ -24,7 +24,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::gemm::{check_channels, dot, requant_of, Cols, Epilogue, Path, Weights};
+use super::gemm::{check_channels, dot, requant_of, store_row, Cols, Epilogue, Path, Weights};
 use super::{OutQ, Requant};
 use crate::window::PARALLEL_WORK;
 use crate::Geom;
@@ -136,7 +136,7 @@ fn product(
         let mut acc = vec![0i32; rows * pp];
         dot(path, w, r0, rows, cols, &mut acc);
         for (r, (a, o)) in acc.chunks_exact(pp).zip(yo.chunks_exact_mut(p)).enumerate() {
-            epi.row(r0 + r, &a[..p], o.iter_mut());
+            epi.row(path, r0 + r, &a[..p], o);
         }
     });
 }
@@ -218,7 +218,7 @@ pub(crate) fn gemm_with(
     let mut acc = vec![0i32; m * cols.pp];
     dot(path, &w, 0, m, &cols, &mut acc);
     for (mi, a) in acc.chunks_exact(cols.pp).enumerate() {
-        epi.row(mi, &a[..n], y.iter_mut().skip(mi).step_by(m));
+        epi.row_strided(mi, &a[..n], &mut y[mi..], m);
     }
 }
 
@@ -282,10 +282,24 @@ fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: O
         // the interior: `x - zx` at padded (row + pt, column + pl), in column phases;
         // the border stays 0 (it was zeroed once, planes rewrite the same interior)
         let src = &x[pi * plane_in..][..plane_in];
+        let z = zx as i16;
         for (r, row) in src.chunks_exact(g.w).enumerate() {
-            for (col, &v) in row.iter().enumerate() {
-                let c = col + g.pl;
-                s.xp[((c % g.sw) * ph + r + g.pt) * pws + c / g.sw] = v as i16 - zx as i16;
+            let base = (r + g.pt) * pws;
+            if g.sw == 1 {
+                for (d, &v) in s.xp[base + g.pl..][..g.w].iter_mut().zip(row) {
+                    *d = v as i16 - z;
+                }
+                continue;
+            }
+            // padded column `c = col + pl` lies in phase `c % sw` at `c / sw`
+            let (mut phase, mut at) = (g.pl % g.sw, g.pl / g.sw);
+            for &v in row {
+                s.xp[phase * ph * pws + base + at] = v as i16 - z;
+                phase += 1;
+                if phase == g.sw {
+                    phase = 0;
+                    at += 1;
+                }
             }
         }
         let w = &wt[ch * taps_n..][..taps_n];
@@ -296,9 +310,7 @@ fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: O
                 *o = cols[j] + (oh * g.sh + i * g.dh) * pws;
             }
             taps(path, &s.xp, &s.off, w, &mut s.acc);
-            for (d, &a) in yrow.iter_mut().zip(&s.acc) {
-                *d = out.store(rq.apply(a.wrapping_add(b)));
-            }
+            store_row(path, &s.acc, b, rq, out, yrow);
         }
     });
 }

@@ -312,14 +312,53 @@ impl<'a> Epilogue<'a> {
         Self { base, requant, out }
     }
 
-    /// Channel `m`'s accumulators stored into `dst` (one per accumulator).
+    /// Channel `m`'s accumulators stored into `dst` (as long as `acc`).
     #[inline]
-    pub(crate) fn row<'o>(&self, m: usize, acc: &[i32], dst: impl Iterator<Item = &'o mut i8>) {
+    pub(crate) fn row(&self, path: Path, m: usize, acc: &[i32], dst: &mut [i8]) {
+        store_row(
+            path,
+            acc,
+            self.base[m],
+            requant_of(self.requant, m),
+            self.out,
+            dst,
+        );
+    }
+
+    /// Channel `m`'s accumulators stored into every `step`-th element of `dst`.
+    pub(crate) fn row_strided(&self, m: usize, acc: &[i32], dst: &mut [i8], step: usize) {
         let (b, r) = (self.base[m], requant_of(self.requant, m));
-        for (d, &a) in dst.zip(acc) {
+        for (d, &a) in dst.iter_mut().step_by(step).zip(acc) {
             *d = self.out.store(r.apply(a.wrapping_add(b)));
         }
     }
+}
+
+/// `dst[i] = out.store(r.apply(acc[i] + base))`: the portable loop that defines the
+/// SIMD rows' results.
+#[inline(always)]
+pub(crate) fn store_row_portable(acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
+    assert_eq!(acc.len(), dst.len(), "int8 row lengths");
+    for (d, &a) in dst.iter_mut().zip(acc) {
+        *d = out.store(r.apply(a.wrapping_add(base)));
+    }
+}
+
+/// [`store_row_portable`] on `path` (the same integers on every path).
+#[inline]
+pub(crate) fn store_row(path: Path, acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(path, Path::Avx2 | Path::Vnni) {
+        // SAFETY: the CPU has AVX2 (both paths require it).
+        return unsafe { crate::x86_64::int8::store_row_avx2(acc, base, r, out, dst) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if path == Path::Neon {
+        // SAFETY: the CPU has NEON.
+        return unsafe { crate::aarch64::int8::store_row_neon(acc, base, r, out, dst) };
+    }
+    let _ = path;
+    store_row_portable(acc, base, r, out, dst)
 }
 
 /// Asserts `bias` has `m` entries and `requant` `m` or 1.
@@ -362,6 +401,50 @@ mod tests {
             let x = [1i8; 21];
             let c = Cols::pack(path, &x, [7, 3], [3, 1]);
             assert_eq!((c.kg, c.pp % path.lanes()), (w.kg, 0), "{path:?}");
+        }
+    }
+
+    /// The SIMD requantization rows give the portable integers: accumulators over the
+    /// whole i32 range and its ends, multipliers with right shifts 0..31 and left shifts,
+    /// clamps with and without ReLU, odd lengths.
+    #[test]
+    fn store_rows_equal_portable() {
+        let mut rng = crate::testing::Rng::new(4);
+        let mut acc: Vec<i32> = (0..203)
+            .map(|i| {
+                let u = rng.unit() as f64;
+                match i % 4 {
+                    0 => (u * 2e9) as i32,
+                    1 => (u * 1e5) as i32,
+                    2 => (u * 300.0) as i32,
+                    _ => (u * 4e7) as i32,
+                }
+            })
+            .collect();
+        acc[..6].copy_from_slice(&[i32::MIN, i32::MAX, -1, 0, 1, i32::MIN + 1]);
+        // small right shifts (0.3, 0.25, 0.13) meet exact ties of the last rounding often
+        let reals = [
+            1e-9, 3e-7, 1e-4, 0.0123, 0.13, 0.25, 0.3, 0.37, 0.5, 0.99999, 1.0, 3.7, 1e3, 0.0,
+        ];
+        for (i, &real) in reals.iter().enumerate() {
+            let r = Requant::new(real);
+            for out in [
+                OutQ::new(-7),
+                OutQ::relu(13),
+                OutQ::new(127),
+                OutQ::relu(-128),
+            ] {
+                let base = [0, 12345, -(1 << 30)][i % 3];
+                let mut want = vec![0i8; acc.len()];
+                store_row_portable(&acc, base, r, out, &mut want);
+                for path in Path::all() {
+                    for len in [acc.len(), 8, 7, 0] {
+                        let mut got = vec![0i8; len];
+                        store_row(path, &acc[..len], base, r, out, &mut got);
+                        assert_eq!(got, want[..len], "{path:?} {r:?} {out:?} base {base}");
+                    }
+                }
+            }
         }
     }
 }

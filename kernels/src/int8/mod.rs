@@ -18,7 +18,7 @@
 
 pub mod add;
 pub mod conv;
-mod gemm;
+pub(crate) mod gemm;
 pub mod pool;
 pub mod quant;
 mod requant;

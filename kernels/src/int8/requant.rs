@@ -89,13 +89,9 @@ impl Requant {
     /// result lies far outside any 8-bit range either way.
     #[inline(always)]
     pub fn apply(self, x: i32) -> i32 {
-        let left = self.shift.max(0) as u32;
-        let right = (-self.shift).max(0);
-        let x = if left > 0 {
-            x.saturating_mul(1 << left)
-        } else {
-            x
-        };
+        let (left, right) = (self.shift.max(0), (-self.shift).max(0));
+        // `x.saturating_mul(1 << left)`, written branch-free so row loops vectorize
+        let x = ((x as i64) << left).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         rounding_shift(doubling_high_mul(x, self.multiplier), right)
     }
 }
