@@ -92,7 +92,7 @@ pub(crate) fn conv_with(
     let epi = Epilogue::new(path, &w, f.bias, zx, f.requant, out);
     let direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0;
     let direct = direct && g.oh == g.h && g.ow == g.w;
-    let mut cols = if direct { Vec::new() } else { vec![0i8; k * p] };
+    let spans = g.col_spans();
     let parallel = mg * k * p >= PARALLEL_WORK && crate::par::threads() >= 2;
     for (img, yi) in x
         .chunks_exact(g.c * g.plane_in())
@@ -103,16 +103,21 @@ pub(crate) fn conv_with(
             let packed = if direct {
                 Cols::pack(path, src, [k, p], [p, 1])
             } else {
-                im2col(src, g, cg, zx, &mut cols);
-                Cols::pack(path, &cols, [k, p], [p, 1])
+                Cols::build(path, [k, p], |r, row| {
+                    window_row(src, g, &spans, r, zx, row)
+                })
             };
             product(path, &w, &epi, gi * mg, &packed, p, yg, parallel);
         }
     }
 }
 
+/// Pixels per block of the product: the block's sums (`rows x 256` i32) and columns stay
+/// in cache while every row of the block is computed.
+const BLOCK: usize = 256;
+
 /// Output channels `[m0, m0 + yg.len() / p)` of one image (and group) from its packed
-/// columns, in blocks of channels spread over the pool when `parallel`.
+/// columns, in blocks of [`BLOCK`] pixels, channels split over the pool when `parallel`.
 #[allow(clippy::too_many_arguments)]
 fn product(
     path: Path,
@@ -125,56 +130,70 @@ fn product(
     parallel: bool,
 ) {
     let rows = yg.len() / p;
-    let block = if parallel {
+    let per = if parallel {
         rows.div_ceil(crate::par::threads()).next_multiple_of(4)
     } else {
         rows
     };
     let pp = cols.pp;
-    crate::par::chunks(yg, block * p, parallel, |bi, yo| {
-        let (r0, rows) = (m0 + bi * block, yo.len() / p);
-        let mut acc = vec![0i32; rows * pp];
-        dot(path, w, r0, rows, cols, &mut acc);
-        for (r, (a, o)) in acc.chunks_exact(pp).zip(yo.chunks_exact_mut(p)).enumerate() {
-            epi.row(path, r0 + r, &a[..p], o);
+    crate::par::chunks(yg, per * p, parallel, |bi, yo| {
+        let (r0, rows) = (m0 + bi * per, yo.len() / p);
+        let mut acc = vec![0i32; rows * BLOCK.min(pp)];
+        for c0 in (0..pp).step_by(BLOCK) {
+            let c1 = (c0 + BLOCK).min(pp);
+            let acc = &mut acc[..rows * (c1 - c0)];
+            dot(path, w, r0, rows, cols, [c0, c1], acc);
+            // `c0 < p`: blocks start at multiples of the lanes, `pp` rounds `p` up to one
+            let valid = c1.min(p) - c0;
+            for (r, (a, o)) in acc
+                .chunks_exact(c1 - c0)
+                .zip(yo.chunks_exact_mut(p))
+                .enumerate()
+            {
+                epi.row(path, r0 + r, &a[..valid], &mut o[c0..c0 + valid]);
+            }
         }
     });
 }
 
-/// The windows of `cg` planes `img [cg, H, W]` as columns `cols [cg kh kw, oh ow]`, taps
-/// outside the image at `zx`.
-fn im2col(img: &[i8], g: &Geom, cg: usize, zx: i8, cols: &mut [i8]) {
-    let (taps, plane) = (g.kh * g.kw, g.plane_in());
-    let spans = g.col_spans();
-    for (r, dst) in cols.chunks_exact_mut(g.plane_out()).enumerate() {
-        let (ci, i, j) = (r / taps, r % taps / g.kw, r % g.kw);
-        debug_assert!(ci < cg);
-        let src = &img[ci * plane..][..plane];
-        let (lo, hi, start) = spans[j];
-        let (lo, hi) = (lo.min(g.ow), hi.min(g.ow));
-        for (oh, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
-            let ih = (oh * g.sh + i * g.dh)
-                .checked_sub(g.pt)
-                .filter(|&ih| ih < g.h);
-            let Some(ih) = ih else {
-                drow.fill(zx);
-                continue;
-            };
-            let srow = &src[ih * g.w..][..g.w];
-            drow[..lo].fill(zx);
-            drow[hi..].fill(zx);
-            if lo >= hi {
-                continue;
-            }
-            if g.sw == 1 {
-                drow[lo..hi].copy_from_slice(&srow[start..start + (hi - lo)]);
-            } else {
-                for (d, s) in drow[lo..hi]
-                    .iter_mut()
-                    .zip(srow[start..].iter().step_by(g.sw))
-                {
-                    *d = *s;
-                }
+/// Row `r = (ci, i, j)` of the window columns `[cg kh kw, oh ow]` of planes
+/// `img [cg, H, W]`: input `(ci, oh sh + i dh - pt, ow sw + j dw - pl)` for every output,
+/// `zx` outside the image. `spans` is [`Geom::col_spans`].
+fn window_row(
+    img: &[i8],
+    g: &Geom,
+    spans: &[(usize, usize, usize)],
+    r: usize,
+    zx: i8,
+    dst: &mut [i8],
+) {
+    let taps = g.kh * g.kw;
+    let (ci, i, j) = (r / taps, r % taps / g.kw, r % g.kw);
+    let src = &img[ci * g.plane_in()..][..g.plane_in()];
+    let (lo, hi, start) = spans[j];
+    let (lo, hi) = (lo.min(g.ow), hi.min(g.ow));
+    for (oh, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
+        let ih = (oh * g.sh + i * g.dh)
+            .checked_sub(g.pt)
+            .filter(|&ih| ih < g.h);
+        let Some(ih) = ih else {
+            drow.fill(zx);
+            continue;
+        };
+        let srow = &src[ih * g.w..][..g.w];
+        drow[..lo].fill(zx);
+        drow[hi..].fill(zx);
+        if lo >= hi {
+            continue;
+        }
+        if g.sw == 1 {
+            drow[lo..hi].copy_from_slice(&srow[start..start + (hi - lo)]);
+        } else {
+            for (d, s) in drow[lo..hi]
+                .iter_mut()
+                .zip(srow[start..].iter().step_by(g.sw))
+            {
+                *d = *s;
             }
         }
     }
@@ -216,7 +235,7 @@ pub(crate) fn gemm_with(
     let epi = Epilogue::new(path, &w, f.bias, zx, f.requant, out);
     let cols = Cols::pack(path, x, [k, n], [1, k]);
     let mut acc = vec![0i32; m * cols.pp];
-    dot(path, &w, 0, m, &cols, &mut acc);
+    dot(path, &w, 0, m, &cols, [0, cols.pp], &mut acc);
     for (mi, a) in acc.chunks_exact(cols.pp).enumerate() {
         epi.row_strided(mi, &a[..n], &mut y[mi..], m);
     }
@@ -252,7 +271,7 @@ fn taps(path: Path, x: &[i16], off: &[usize], w: &[i16], acc: &mut [i32]) {
     }
 }
 
-/// Scratch of one depthwise worker: the padded plane, a row of sums, the taps' offsets.
+/// Scratch of one depthwise worker: the padded plane, a plane of sums, the taps' offsets.
 struct Scratch {
     xp: Vec<i16>,
     acc: Vec<i32>,
@@ -271,10 +290,14 @@ fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: O
     let cols: Vec<usize> = (0..g.kw)
         .map(|j| (j * g.dw % g.sw) * ph * pws + j * g.dw / g.sw)
         .collect();
+    // tap (i, j)'s offset for output row 0
+    let tap: Vec<usize> = (0..taps_n)
+        .map(|t| cols[t % g.kw] + t / g.kw * g.dh * pws)
+        .collect();
     let parallel = n * g.c * plane_out * taps_n >= PARALLEL_WORK && crate::par::threads() >= 2;
     let init = || Scratch {
         xp: vec![0; g.sw * ph * pws],
-        acc: vec![0; g.ow],
+        acc: vec![0; plane_out],
         off: vec![0; taps_n],
     };
     crate::par::chunks_with(y, plane_out, parallel, 8, init, |s, pi, yo| {
@@ -304,14 +327,14 @@ fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: O
         }
         let w = &wt[ch * taps_n..][..taps_n];
         let (b, rq) = (f.bias.map_or(0, |b| b[ch]), requant_of(f.requant, ch));
-        for (oh, yrow) in yo.chunks_exact_mut(g.ow).enumerate() {
-            for (t, o) in s.off.iter_mut().enumerate() {
-                let (i, j) = (t / g.kw, t % g.kw);
-                *o = cols[j] + (oh * g.sh + i * g.dh) * pws;
+        for (oh, arow) in s.acc.chunks_exact_mut(g.ow).enumerate() {
+            let row = oh * g.sh * pws;
+            for (o, &t) in s.off.iter_mut().zip(&tap) {
+                *o = t + row;
             }
-            taps(path, &s.xp, &s.off, w, &mut s.acc);
-            store_row(path, &s.acc, b, rq, out, yrow);
+            taps(path, &s.xp, &s.off, w, arow);
         }
+        store_row(path, &s.acc, b, rq, out, yo);
     });
 }
 

@@ -141,6 +141,8 @@ fn conv_matches_reference() {
         (1, 4, [6, 37], 3, 1, 1, 1, 4, 4),
         (2, 3, [5, 70], 5, 2, 2, 1, 3, 3),
         (1, 2, [4, 50], 3, 1, 2, 2, 2, 2),
+        (1, 3, [20, 30], 3, 1, 1, 1, 1, 6),
+        (2, 4, [17, 19], 1, 1, 0, 1, 2, 6),
     ];
     for (i, &(n, c, hw, k, s, p, d, groups, m)) in cases.iter().enumerate() {
         let g = Geom::square(c, hw, k, s, p, d);

@@ -196,7 +196,8 @@ pub(crate) struct Cols<'a> {
 }
 
 impl<'a> Cols<'a> {
-    /// Packs `x[k, p] = src[k sk + p sp]` for `k < K`, `p < P`.
+    /// Packs `x[k, p] = src[k sk + p sp]` for `k < K`, `p < P` (borrowed when the path
+    /// reads `[K, P]` as it is).
     pub(crate) fn pack(
         path: Path,
         src: &'a [i8],
@@ -209,32 +210,50 @@ impl<'a> Cols<'a> {
                 "int8 column source"
             );
         }
-        let (g, pp) = (path.group(), p.next_multiple_of(path.lanes()));
-        if g == 1 && sp == 1 && sk == p {
+        if path.group() == 1 && sp == 1 && sk == p {
             return Self {
                 x: Cow::Borrowed(&src[..k * p]),
                 kg: k,
-                pp,
+                pp: p.next_multiple_of(path.lanes()),
             };
         }
+        Self::build(path, [k, p], |kk, row| {
+            if sp == 1 {
+                row.copy_from_slice(&src[kk * sk..][..p]);
+            } else {
+                for (pi, d) in row.iter_mut().enumerate() {
+                    *d = src[kk * sk + pi * sp];
+                }
+            }
+        })
+    }
+
+    /// Packs the rows `fill(k, row)` writes (`P` values each) for `k < K`.
+    pub(crate) fn build(
+        path: Path,
+        [k, p]: [usize; 2],
+        mut fill: impl FnMut(usize, &mut [i8]),
+    ) -> Self {
+        let (g, pp) = (path.group(), p.next_multiple_of(path.lanes()));
         let kg = k.div_ceil(g);
         let off = path.offset() as i8 as u8;
+        // rows past K and pixels past P stay 0: their weights are 0 / they are dropped
         let mut x = vec![0i8; kg * pp * g];
-        for kk in 0..k {
-            let (q, t) = (kk / g, kk % g);
-            let dst = &mut x[q * pp * g..][..pp * g];
-            if sp == 1 {
-                let row = &src[kk * sk..][..p];
-                for (d, &v) in dst.chunks_exact_mut(g).zip(row) {
+        if g == 1 && off == 0 {
+            for kk in 0..k {
+                fill(kk, &mut x[kk * pp..][..p]);
+            }
+        } else {
+            let mut row = vec![0i8; p];
+            for kk in 0..k {
+                fill(kk, &mut row);
+                let (q, t) = (kk / g, kk % g);
+                let dst = &mut x[q * pp * g..][..p * g];
+                for (d, &v) in dst.chunks_exact_mut(g).zip(&row) {
                     d[t] = (v as u8 ^ off) as i8;
-                }
-            } else {
-                for (pi, d) in dst.chunks_exact_mut(g).take(p).enumerate() {
-                    d[t] = (src[kk * sk + pi * sp] as u8 ^ off) as i8;
                 }
             }
         }
-        // VNNI: rows past K hold the shifted zero (0 ^ 0x80); their weights are 0
         Self {
             x: Cow::Owned(x),
             kg,
@@ -243,14 +262,28 @@ impl<'a> Cols<'a> {
     }
 }
 
-/// `acc[r pp + c] = sum_k w[m0 + r, k] x[k, c]` for `r < rows`, `c < pp` (plus the VNNI
-/// shift's `128 sum_k w`).
-pub(crate) fn dot(path: Path, w: &Weights, m0: usize, rows: usize, x: &Cols, acc: &mut [i32]) {
-    let (kg, pp) = (x.kg, x.pp);
+/// `acc[r aw + c - c0] = sum_k w[m0 + r, k] x[k, c]` for `r < rows`, `c0 <= c < c1`
+/// (`aw = c1 - c0`; plus the VNNI shift's `128 sum_k w`). `c0` and `c1` are multiples
+/// of the path's lanes, or `c1 = pp`.
+pub(crate) fn dot(
+    path: Path,
+    w: &Weights,
+    m0: usize,
+    rows: usize,
+    x: &Cols,
+    [c0, c1]: [usize; 2],
+    acc: &mut [i32],
+) {
+    let (kg, pp, aw) = (x.kg, x.pp, c1 - c0);
     assert_eq!(w.kg, kg, "int8 weights and columns disagree on K");
     assert!((m0 + rows) * kg <= w.w.len(), "int8 weight rows");
-    assert_eq!(acc.len(), rows * pp, "int8 accumulator length");
+    assert_eq!(acc.len(), rows * aw, "int8 accumulator length");
     assert!(x.x.len() >= kg * pp * path.group(), "int8 columns length");
+    let lanes = path.lanes();
+    assert!(
+        c0.is_multiple_of(lanes) && aw.is_multiple_of(lanes) && c1 <= pp,
+        "int8 column block {c0}..{c1} of {pp}"
+    );
     if acc.is_empty() {
         return;
     }
@@ -258,23 +291,29 @@ pub(crate) fn dot(path: Path, w: &Weights, m0: usize, rows: usize, x: &Cols, acc
     match path {
         Path::Portable => {
             acc.fill(0);
-            for (a, wrow) in acc.chunks_exact_mut(pp).zip(wr.chunks_exact(kg.max(1))) {
-                for (&wv, src) in wrow.iter().zip(x.x.chunks_exact(pp)) {
-                    for (o, &v) in a.iter_mut().zip(src) {
+            for (a, wrow) in acc.chunks_exact_mut(aw).zip(wr.chunks_exact(kg.max(1))) {
+                for (q, &wv) in wrow.iter().enumerate() {
+                    for (o, &v) in a.iter_mut().zip(&x.x[q * pp + c0..c1 + q * pp]) {
                         *o = o.wrapping_add(wv * v as i32);
                     }
                 }
             }
         }
         // SAFETY (all three): the CPU has the path's features (`Path::at` only picks a
-        // path the level or the detection allows); the lengths are asserted above and
-        // `pp` is a multiple of the path's lanes (`Cols::pack`).
+        // path the level or the detection allows); the lengths and the block are
+        // asserted above.
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { crate::x86_64::int8::dot_avx2(wr, kg, rows, &x.x, pp, acc) },
+        Path::Avx2 => unsafe {
+            crate::x86_64::int8::dot_avx2(wr, kg, rows, &x.x, (pp, c0, c1), acc)
+        },
         #[cfg(target_arch = "x86_64")]
-        Path::Vnni => unsafe { crate::x86_64::int8::dot_vnni(wr, kg, rows, &x.x, pp, acc) },
+        Path::Vnni => unsafe {
+            crate::x86_64::int8::dot_vnni(wr, kg, rows, &x.x, (pp, c0, c1), acc)
+        },
         #[cfg(target_arch = "aarch64")]
-        Path::Neon => unsafe { crate::aarch64::int8::dot_neon(wr, kg, rows, &x.x, pp, acc) },
+        Path::Neon => unsafe {
+            crate::aarch64::int8::dot_neon(wr, kg, rows, &x.x, (pp, c0, c1), acc)
+        },
     }
 }
 

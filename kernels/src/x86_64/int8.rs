@@ -18,15 +18,15 @@ use crate::int8::{OutQ, Requant};
 /// One AVX2 tile: rows `[r0, r0 + R)` x pixels `[p0, p0 + 8 NV)`.
 ///
 /// # Safety
-/// AVX2 present; `w` holds `rows * kg` words, `x` `kg * pp * 2` bytes, `acc` `rows * pp`;
-/// the tile lies inside them.
+/// AVX2 present; `w` holds `rows * kg` words, `x` `kg * pp * 2` bytes, `acc`
+/// `rows * aw`; the tile lies inside them and `p0 >= c0`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx2<const R: usize, const NV: usize>(
     w: *const i32,
     kg: usize,
     x: *const i8,
-    pp: usize,
+    (pp, aw, c0): (usize, usize, usize),
     acc: *mut i32,
     r0: usize,
     p0: usize,
@@ -46,45 +46,51 @@ unsafe fn tile_avx2<const R: usize, const NV: usize>(
     }
     for (r, ar) in a.iter().enumerate() {
         for (v, av) in ar.iter().enumerate() {
-            _mm256_storeu_si256(acc.add((r0 + r) * pp + p0 + 8 * v) as *mut __m256i, *av);
+            _mm256_storeu_si256(
+                acc.add((r0 + r) * aw + p0 - c0 + 8 * v) as *mut __m256i,
+                *av,
+            );
         }
     }
 }
 
-/// `acc[r pp + p] = sum_q w[r kg + q] . x[q][p]` (two products per word) for `r < rows`,
-/// `p < pp`.
+/// `acc[r aw + p - c0] = sum_q w[r kg + q] . x[q][p]` for `r < rows`, `c0 <= p < c1`
+/// (`aw = c1 - c0`).
 ///
 /// # Safety
 /// AVX2 present; `w.len() >= rows * kg`, `x.len() >= kg * pp * 2`,
-/// `acc.len() == rows * pp`, `pp` a multiple of 8.
+/// `acc.len() == rows * (c1 - c0)`, `c0` and `c1` multiples of 8, `c0 <= c1 <= pp`.
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn dot_avx2(
     w: &[i32],
     kg: usize,
     rows: usize,
     x: &[i8],
-    pp: usize,
+    (pp, c0, c1): (usize, usize, usize),
     acc: &mut [i32],
 ) {
-    debug_assert!(pp.is_multiple_of(8) && acc.len() == rows * pp);
+    let aw = c1 - c0;
+    debug_assert!(c0.is_multiple_of(8) && aw.is_multiple_of(8) && c1 <= pp);
+    debug_assert!(acc.len() == rows * aw);
     let (wp, xp, ap) = (w.as_ptr(), x.as_ptr(), acc.as_mut_ptr());
-    let mut p0 = 0;
-    while p0 < pp {
-        let wide = pp - p0 >= 16;
+    let dims = (pp, aw, c0);
+    let mut p0 = c0;
+    while p0 < c1 {
+        let wide = c1 - p0 >= 16;
         let mut r = 0;
         while r + 4 <= rows {
             if wide {
-                tile_avx2::<4, 2>(wp, kg, xp, pp, ap, r, p0);
+                tile_avx2::<4, 2>(wp, kg, xp, dims, ap, r, p0);
             } else {
-                tile_avx2::<4, 1>(wp, kg, xp, pp, ap, r, p0);
+                tile_avx2::<4, 1>(wp, kg, xp, dims, ap, r, p0);
             }
             r += 4;
         }
         for r in r..rows {
             if wide {
-                tile_avx2::<1, 2>(wp, kg, xp, pp, ap, r, p0);
+                tile_avx2::<1, 2>(wp, kg, xp, dims, ap, r, p0);
             } else {
-                tile_avx2::<1, 1>(wp, kg, xp, pp, ap, r, p0);
+                tile_avx2::<1, 1>(wp, kg, xp, dims, ap, r, p0);
             }
         }
         p0 += if wide { 16 } else { 8 };
@@ -95,14 +101,14 @@ pub(crate) unsafe fn dot_avx2(
 ///
 /// # Safety
 /// AVX-512F, BW and VNNI present; `w` holds `rows * kg` words, `x` `kg * pp * 4` bytes,
-/// `acc` `rows * pp`; the tile lies inside them.
+/// `acc` `rows * aw`; the tile lies inside them and `p0 >= c0`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_vnni<const R: usize, const NV: usize>(
     w: *const i32,
     kg: usize,
     x: *const i8,
-    pp: usize,
+    (pp, aw, c0): (usize, usize, usize),
     acc: *mut i32,
     r0: usize,
     p0: usize,
@@ -122,45 +128,48 @@ unsafe fn tile_vnni<const R: usize, const NV: usize>(
     }
     for (r, ar) in a.iter().enumerate() {
         for (v, av) in ar.iter().enumerate() {
-            _mm512_storeu_si512(acc.add((r0 + r) * pp + p0 + 16 * v) as *mut _, *av);
+            _mm512_storeu_si512(acc.add((r0 + r) * aw + p0 - c0 + 16 * v) as *mut _, *av);
         }
     }
 }
 
-/// `acc[r pp + p] = sum_q w[r kg + q] . x[q][p]` (four u8 x i8 products per word) for
-/// `r < rows`, `p < pp`.
+/// `acc[r aw + p - c0] = sum_q w[r kg + q] . x[q][p]` for `r < rows`, `c0 <= p < c1`
+/// (`aw = c1 - c0`).
 ///
 /// # Safety
 /// AVX-512F, BW and VNNI present; `w.len() >= rows * kg`, `x.len() >= kg * pp * 4`,
-/// `acc.len() == rows * pp`, `pp` a multiple of 16.
+/// `acc.len() == rows * (c1 - c0)`, `c0` and `c1` multiples of 16, `c0 <= c1 <= pp`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn dot_vnni(
     w: &[i32],
     kg: usize,
     rows: usize,
     x: &[i8],
-    pp: usize,
+    (pp, c0, c1): (usize, usize, usize),
     acc: &mut [i32],
 ) {
-    debug_assert!(pp.is_multiple_of(16) && acc.len() == rows * pp);
+    let aw = c1 - c0;
+    debug_assert!(c0.is_multiple_of(16) && aw.is_multiple_of(16) && c1 <= pp);
+    debug_assert!(acc.len() == rows * aw);
     let (wp, xp, ap) = (w.as_ptr(), x.as_ptr(), acc.as_mut_ptr());
-    let mut p0 = 0;
-    while p0 < pp {
-        let wide = pp - p0 >= 64;
+    let dims = (pp, aw, c0);
+    let mut p0 = c0;
+    while p0 < c1 {
+        let wide = c1 - p0 >= 64;
         let mut r = 0;
         while r + 4 <= rows {
             if wide {
-                tile_vnni::<4, 4>(wp, kg, xp, pp, ap, r, p0);
+                tile_vnni::<4, 4>(wp, kg, xp, dims, ap, r, p0);
             } else {
-                tile_vnni::<4, 1>(wp, kg, xp, pp, ap, r, p0);
+                tile_vnni::<4, 1>(wp, kg, xp, dims, ap, r, p0);
             }
             r += 4;
         }
         for r in r..rows {
             if wide {
-                tile_vnni::<1, 4>(wp, kg, xp, pp, ap, r, p0);
+                tile_vnni::<1, 4>(wp, kg, xp, dims, ap, r, p0);
             } else {
-                tile_vnni::<1, 1>(wp, kg, xp, pp, ap, r, p0);
+                tile_vnni::<1, 1>(wp, kg, xp, dims, ap, r, p0);
             }
         }
         p0 += if wide { 64 } else { 16 };
