@@ -1,5 +1,5 @@
 //! Int8 convolution on `[N, C, H, W]` (ONNX `QLinearConv` with per-channel weight scales)
-//! and the fully connected layer ([`gemm`]).
+//! and the fully connected layer ([`gemm()`]).
 //!
 //! `y[n, m, oh, ow] = store(requant[m](bias[m] + sum w[m, c, i, j] (x[n, c, ih, iw] - zx)))`
 //! with the sum over the taps of output channel `m`'s group; a tap outside the image reads
@@ -13,13 +13,16 @@
 //!   them), then every output row summed tap by tap (AVX2 16 and NEON 8 outputs a step).
 //! - **Dense and grouped**: per image and group the input windows laid out as columns
 //!   `[C/groups kh kw, oh ow]` (a 1x1 stride-1 unpadded convolution reads the input as
-//!   they are), then an int8 matrix product (see `gemm.rs`: AVX2, AVX-512 VNNI, NEON)
-//!   over blocks of output channels, split over rayon's pool when large.
+//!   they are), packed straight into the SIMD path's layout, then an int8 matrix product
+//!   (see `gemm.rs`: AVX2, AVX-512 VNNI, NEON) in blocks of 256 pixels whose sums stay in
+//!   cache, output channels split over rayon's pool when large.
 //!
 //! # Preconditions
-//! The int32 sums must not overflow: `|x - zx| <= 255` and `|w| <= 128`, so a channel of
-//! up to `65_000` taps (`C/groups kh kw`) with a bias below `2^30` is always safe. Past
-//! that the sums wrap (the same way on every path).
+//! The int32 sum `bias + sum (x - zx) w` must not overflow: each term is at most
+//! `255 * 128 = 32_640` in magnitude, so up to `32_000` taps per output channel
+//! (`C/groups kh kw`) with `|bias| <= 2^30`, or `65_000` without bias, are always safe.
+//! Past that the sums wrap (the same way on every path: the SIMD paths' intermediate
+//! sums may wrap, their final value mod 2^32 is the same).
 
 use alloc::vec;
 use alloc::vec::Vec;

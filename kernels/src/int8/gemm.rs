@@ -13,8 +13,9 @@
 //!   takes off with the zero point's correction.
 //!
 //! Rows past `K` are zero in the packed weights, pixels past `P` are computed and dropped.
-//! Every product fits in i16 before it is widened (`|x w| <= 2^14`) and int32 sums wrap
-//! the same way in every order, so all paths give the same accumulators.
+//! The AVX2 and NEON products fit in i16 before they are widened (`|x w| <= 2^14`),
+//! `vpdpbusd` sums its four in i32, and int32 sums wrap the same way in every order, so
+//! all paths give the same accumulators (mod 2^32; equal when the true sum fits i32).
 
 use alloc::borrow::Cow;
 use alloc::vec;

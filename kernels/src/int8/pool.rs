@@ -10,10 +10,13 @@
 //! - scales differ: `sum` times the fixed-point [`Requant`] of `s_in / (s_out count)`,
 //!   within one step of the real result next to a rounding tie (see [`Requant`]).
 //!
-//! The output zero point is then added and the result saturated to i8. (A float
-//! `DequantizeLinear -> AveragePool -> QuantizeLinear` rounds ties to even instead: the
-//! two can differ by one step on exact ties.) Windows as [`crate::pool::supported`]: no
-//! dilation, padding at most half the kernel (every window holds an image element).
+//! The output zero point is then added and the result saturated to i8. Two references
+//! differ from this only on exact ties, by one step: TFLite averages the raw `q` (its
+//! input and output share scale and zero point), which rounds a tie the other way when
+//! `sum / count` and `sum / count + zx` have opposite signs; and a float
+//! `DequantizeLinear -> AveragePool -> QuantizeLinear` rounds ties to even. Windows as
+//! [`crate::pool::supported`]: no dilation, padding at most half the kernel (every window
+//! holds an image element).
 
 use alloc::vec;
 use alloc::vec::Vec;
