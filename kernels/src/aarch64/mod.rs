@@ -8,6 +8,7 @@
 //! `neon` target feature and `is_arm_feature_detected!` are unstable in Rust, so armv7
 //! runs the portable code.
 
+pub(crate) mod int8;
 pub(crate) mod lanes;
 pub(crate) mod pointwise;
 pub(crate) mod window;
