@@ -16,6 +16,7 @@
 #   SPLITNAS_RUN=PATH   the x86_64 splitnas-run (default target/debug/splitnas-run, same)
 #   ARM_TARGETS="..."   default: aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 #   ARM_TESTS=0         skip step 1's cargo tests
+#   CARGO_TARGET_DIR    where the ARM builds go (default target/)
 # Needs: gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user (Debian), the rustup
 # targets, python3; linkers and qemu runners are set in .cargo/config.toml.
 set -euo pipefail
@@ -26,6 +27,7 @@ targets="${ARM_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}
 splitnas="${SPLITNAS:-target/debug/splitnas}"
 splitnas_run="${SPLITNAS_RUN:-target/debug/splitnas-run}"
 tol=1e-5
+arm_target="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
 npy="python3 $root/scripts/npy_tool.py"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -100,7 +102,7 @@ done
 
 fail=0
 for t in x86_64 $targets; do
-  if [ "$t" = x86_64 ]; then bin="$splitnas_run"; else bin="$root/target/$t/debug/splitnas-run"; fi
+  if [ "$t" = x86_64 ]; then bin="$splitnas_run"; else bin="$arm_target/$t/debug/splitnas-run"; fi
   r="$(runner "$t")"
   for s in $stems; do
     dir="$work/$t/$s"
