@@ -167,7 +167,7 @@ fn open_cuda() -> Result<String, DeviceError> {
         Ok(Some(v)) if v == [1.0] => Ok(format!(
             "cuda device {} ({})",
             device.index,
-            burn::backend::Cuda::name(&device)
+            <burn::backend::Cuda as burn::tensor::backend::Backend>::name(&device)
         )),
         _ => Err(DeviceError::Unavailable {
             device: DeviceKind::Cuda,
