@@ -75,3 +75,13 @@ pub(crate) fn assert_close(got: &[f32], want: &[f32], mag: &[f32], what: &str) {
 pub(crate) fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()
 }
+
+/// Half away from zero, in f64 (the integer kernels' rounding, for their references).
+pub(crate) fn round_away(v: f64) -> f64 {
+    v.signum() * (v.abs() + 0.5).floor()
+}
+
+/// Distance of `v` from the nearest half-integer (a reference near a tie may round either way).
+pub(crate) fn tie_distance(v: f64) -> f64 {
+    (v - v.floor() - 0.5).abs()
+}

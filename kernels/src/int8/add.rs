@@ -121,17 +121,9 @@ pub fn concat(parts: &[(&[i8], Quant)], n: usize, plane: usize, yq: Quant, y: &m
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Rng;
+    use crate::testing::{round_away, tie_distance, Rng};
     use std::vec;
     use std::vec::Vec;
-
-    fn round_away(v: f64) -> f64 {
-        v.signum() * (v.abs() + 0.5).floor()
-    }
-
-    fn tie_distance(v: f64) -> f64 {
-        (v - v.floor() - 0.5).abs()
-    }
 
     fn i8s(rng: &mut Rng, len: usize) -> Vec<i8> {
         rng.vec(len).iter().map(|v| (v * 128.0) as i8).collect()

@@ -3,17 +3,13 @@
 //! step next to a rounding tie when they differ).
 
 use super::*;
-use crate::testing::Rng;
+use crate::testing::{round_away, Rng};
 use proptest::prelude::*;
 use std::vec;
 use std::vec::Vec;
 
 fn i8s(rng: &mut Rng, len: usize) -> Vec<i8> {
     rng.vec(len).iter().map(|v| (v * 128.0) as i8).collect()
-}
-
-fn round_away(v: f64) -> f64 {
-    v.signum() * (v.abs() + 0.5).floor()
 }
 
 /// The in-image values of output `(oh, ow)`'s window in plane `p`.

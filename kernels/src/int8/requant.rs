@@ -134,18 +134,8 @@ pub(crate) fn rounding_div(num: i32, den: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Rng;
+    use crate::testing::{round_away, tie_distance, Rng};
     use proptest::prelude::*;
-
-    /// Half away from zero, in f64.
-    fn round_away(v: f64) -> f64 {
-        v.signum() * (v.abs() + 0.5).floor()
-    }
-
-    /// Distance of `v` from the nearest half-integer.
-    fn tie_distance(v: f64) -> f64 {
-        (v - v.floor() - 0.5).abs()
-    }
 
     /// `r.apply(x)` against `x * real` in f64: exactly the rounded value away from ties
     /// (the band of the module doc), within one step next to one.
