@@ -27,7 +27,7 @@ pub enum DeviceError {
     #[error("unknown device '{0}' (use cpu, ndarray, cuda or wgpu)")]
     Unknown(String),
     /// Compiled without the backend's feature.
-    #[error("this binary was built without the '{0}' feature; rebuild with `cargo build --release --features {0}`")]
+    #[error("this binary was built without the '{0}' feature; rebuild with `--features {0}` (`cargo build --release [-p splitnas-runtime] --features {0}`)")]
     NotCompiled(&'static str),
     /// The backend is compiled in but finds no device.
     #[error("{device}: {reason}")]

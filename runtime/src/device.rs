@@ -10,7 +10,8 @@ pub use splitnas_host::device::{exit, open, DeviceError, DeviceKind};
 pub enum AnyModel {
     /// Flex (CPU).
     Cpu(Model<burn::backend::Flex>),
-    /// NdArray (CPU).
+    /// NdArray (CPU; feature `ndarray`).
+    #[cfg(feature = "ndarray")]
     Ndarray(Model<burn::backend::NdArray>),
     /// CUDA.
     #[cfg(feature = "cuda")]
@@ -24,6 +25,7 @@ macro_rules! each {
     ($self:expr, $m:ident => $e:expr) => {
         match $self {
             AnyModel::Cpu($m) => $e,
+            #[cfg(feature = "ndarray")]
             AnyModel::Ndarray($m) => $e,
             #[cfg(feature = "cuda")]
             AnyModel::Cuda($m) => $e,
@@ -38,9 +40,12 @@ impl AnyModel {
     pub fn from_bytes(bytes: &[u8], device: DeviceKind) -> Result<Self, RuntimeError> {
         Ok(match device {
             DeviceKind::Cpu => AnyModel::Cpu(Model::from_bytes(bytes, &Default::default())?),
+            #[cfg(feature = "ndarray")]
             DeviceKind::Ndarray => {
                 AnyModel::Ndarray(Model::from_bytes(bytes, &Default::default())?)
             }
+            #[cfg(not(feature = "ndarray"))]
+            DeviceKind::Ndarray => return Err(DeviceError::NotCompiled("ndarray").into()),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => AnyModel::Cuda(Model::from_bytes(bytes, &Default::default())?),
             #[cfg(not(feature = "cuda"))]
