@@ -25,6 +25,7 @@ mod exec;
 mod host;
 mod hostconv;
 pub mod input;
+mod int8;
 mod load;
 mod ops;
 mod plan;
@@ -33,6 +34,7 @@ pub mod value;
 pub use device::{AnyModel, DeviceKind};
 pub use error::RuntimeError;
 pub use exec::workers::{IMAGE_BATCH, MAX_WORKERS};
+pub use int8::{int8_enabled, with_int8, INT8_ENV};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};

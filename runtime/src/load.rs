@@ -84,6 +84,7 @@ pub(crate) fn from_bytes<B: Backend>(
         plan: vec![],
         next_id: 1,
         on_host,
+        int_values: HashMap::new(),
     };
     for t in &graph.initializer {
         let c = from_proto(t)
@@ -100,6 +101,13 @@ pub(crate) fn from_bytes<B: Backend>(
     cx.known.insert(input.name.clone(), Known::Value(0, shape));
     build_nodes(&mut cx, graph)?;
     let (output, classes_count) = logits_output(graph, &cx.known)?;
+    if let Some(ty) = cx.int_values.get(&output) {
+        return Err(RuntimeError::Model(format!(
+            "output '{}' is {} (a QuantizeLinear output): logits must be float32 (end with a DequantizeLinear)",
+            graph.output[0].name,
+            ty.name()
+        )));
+    }
     plan::fuse_relus(&mut cx.plan, output);
     // Free each value after its last reader.
     plan::mark_last_uses(&mut cx.plan);
@@ -148,9 +156,15 @@ fn image_input<'g>(
     };
     let tensor = input.type_.tensor_type();
     if tensor.elem_type != 1 {
+        let ty = match tensor.elem_type {
+            2 => "uint8".to_string(),
+            3 => "int8".to_string(),
+            t => format!("element type {t}"),
+        };
         return Err(RuntimeError::Model(format!(
-            "input '{}' has element type {}, float32 (1) is supported",
-            input.name, tensor.elem_type
+            "input '{}' is {ty}: the input must be float32 (1); a quantized model takes float \
+             images and quantizes them inside the graph (QuantizeLinear)",
+            input.name
         )));
     }
     let dims = &tensor.shape.dim;

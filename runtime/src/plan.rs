@@ -27,6 +27,18 @@ pub(crate) enum PadKind {
     Edge,
 }
 
+/// Scale and zero point of a run-time [`Step::Quantize`] / [`Step::Dequantize`].
+#[derive(Clone, Debug)]
+pub(crate) enum QParams<B: Backend> {
+    /// Per tensor.
+    Scalar { scale: f32, zero: f32 },
+    /// Per axis: both broadcastable to the input (physical 4-D layout).
+    Tensor {
+        scale: Tensor<B, 4>,
+        zero: Tensor<B, 4>,
+    },
+}
+
 /// The convolutions [`crate::hostconv`] covers, with their weights in host memory.
 #[derive(Clone, Debug)]
 pub(crate) enum HostKind {
@@ -126,6 +138,19 @@ pub(crate) enum Step<B: Backend> {
         scale: Tensor<B, 4>,
         shift: Tensor<B, 4>,
     },
+    /// `QuantizeLinear`: `clamp(round_half_even(x / scale) + zero, lo, hi)`, the integer
+    /// codes held as floats.
+    Quantize {
+        x: usize,
+        p: QParams<B>,
+        lo: f32,
+        hi: f32,
+    },
+    /// `DequantizeLinear`: `(x - zero) scale`.
+    Dequantize {
+        x: usize,
+        p: QParams<B>,
+    },
 }
 
 impl<B: Backend> Step<B> {
@@ -145,7 +170,9 @@ impl<B: Backend> Step<B> {
             | Step::Pad { x, .. }
             | Step::Reshape { x, .. }
             | Step::Gemm { x, .. }
-            | Step::BatchNorm { x, .. } => vec![*x],
+            | Step::BatchNorm { x, .. }
+            | Step::Quantize { x, .. }
+            | Step::Dequantize { x, .. } => vec![*x],
             Step::Relu(x) | Step::GlobalAvgPool(x) => vec![*x],
             Step::Add(a, b) | Step::Mul(a, b) => op(a).into_iter().chain(op(b)).collect(),
             Step::Concat { xs, .. } => xs.clone(),

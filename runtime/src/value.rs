@@ -51,6 +51,38 @@ pub enum SymInt {
     Batch,
 }
 
+/// Element type of an integer tensor of a quantized model: the data and zero points of
+/// `QuantizeLinear` / `DequantizeLinear` (int8, uint8) and quantized biases (int32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QType {
+    /// int8.
+    I8,
+    /// uint8.
+    U8,
+    /// int32.
+    I32,
+}
+
+impl QType {
+    /// Smallest and largest value.
+    pub fn range(self) -> (i32, i32) {
+        match self {
+            QType::I8 => (i8::MIN.into(), i8::MAX.into()),
+            QType::U8 => (0, u8::MAX.into()),
+            QType::I32 => (i32::MIN, i32::MAX),
+        }
+    }
+
+    /// The ONNX name: `int8`, `uint8`, `int32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            QType::I8 => "int8",
+            QType::U8 => "uint8",
+            QType::I32 => "int32",
+        }
+    }
+}
+
 /// A value known at load time.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Const {
@@ -61,12 +93,23 @@ pub enum Const {
         /// Values.
         data: Vec<f32>,
     },
-    /// Integer tensor (int64 / int32 in the file; may hold the symbolic batch size).
+    /// Integer tensor (int64 in the file, or shape arithmetic; may hold the symbolic batch
+    /// size).
     Int {
         /// Shape.
         dims: Vec<usize>,
         /// Values.
         data: Vec<SymInt>,
+    },
+    /// int8, uint8 or int32 tensor, its element type kept (quantized weights, zero points,
+    /// biases; int32 shape operands are read through [`Const::ints`] like int64 ones).
+    Quant {
+        /// Element type.
+        ty: QType,
+        /// Shape.
+        dims: Vec<usize>,
+        /// Values (in `ty`'s range).
+        data: Vec<i32>,
     },
 }
 
@@ -74,7 +117,27 @@ impl Const {
     /// Shape.
     pub fn dims(&self) -> &[usize] {
         match self {
-            Const::F32 { dims, .. } | Const::Int { dims, .. } => dims,
+            Const::F32 { dims, .. } | Const::Int { dims, .. } | Const::Quant { dims, .. } => dims,
+        }
+    }
+
+    /// The same values with shape `dims` (same element count; reshapes of constants).
+    pub fn with_dims(self, dims: Vec<usize>) -> Const {
+        match self {
+            Const::F32 { data, .. } => Const::F32 { dims, data },
+            Const::Int { data, .. } => Const::Int { dims, data },
+            Const::Quant { ty, data, .. } => Const::Quant { ty, dims, data },
+        }
+    }
+
+    /// An integer tensor of any width as [`Const::Int`] (shape arithmetic); others as they are.
+    pub fn widened(self) -> Const {
+        match self {
+            Const::Quant { dims, data, .. } => Const::Int {
+                dims,
+                data: data.into_iter().map(|v| SymInt::Val(v.into())).collect(),
+            },
+            c => c,
         }
     }
 
@@ -88,6 +151,7 @@ impl Const {
                     SymInt::Batch => Err(format!("{what} depends on the batch size")),
                 })
                 .collect(),
+            Const::Quant { data, .. } => Ok(data.iter().map(|&v| v.into()).collect()),
             Const::F32 { .. } => Err(format!("{what} must be an integer tensor")),
         }
     }
@@ -98,7 +162,9 @@ pub fn numel(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
-/// Reads an initializer or `Constant` value. Only float32, int64 and int32 are accepted.
+/// Reads an initializer or `Constant` value: float32, int64, and (as [`Const::Quant`])
+/// int32, int8 and uint8, from `raw_data` or the typed fields (int8/uint8 values one per
+/// `int32_data` entry, each checked to lie in its type's range).
 pub fn from_proto(t: &TensorProto) -> Result<Const, String> {
     let dims: Vec<usize> = t
         .dims
@@ -128,26 +194,16 @@ pub fn from_proto(t: &TensorProto) -> Result<Const, String> {
             }
             Ok(Const::F32 { dims, data })
         }
-        x if x == DataType::INT64 as i32 || x == DataType::INT32 as i32 => {
-            let wide = x == DataType::INT64 as i32;
+        x if x == DataType::INT64 as i32 => {
             let data: Vec<i64> = if !raw.is_empty() {
-                let size = if wide { 8 } else { 4 };
-                if raw.len() != n.checked_mul(size).ok_or("size overflow")? {
-                    return Err(bad_len(raw.len() / size));
+                if raw.len() != n.checked_mul(8).ok_or("size overflow")? {
+                    return Err(bad_len(raw.len() / 8));
                 }
-                if wide {
-                    raw.chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-                        .collect()
-                } else {
-                    raw.chunks_exact(4)
-                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
-                        .collect()
-                }
-            } else if wide {
-                t.int64_data.clone()
+                raw.chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                    .collect()
             } else {
-                t.int32_data.iter().map(|&v| v as i64).collect()
+                t.int64_data.clone()
             };
             if data.len() != n {
                 return Err(bad_len(data.len()));
@@ -157,8 +213,39 @@ pub fn from_proto(t: &TensorProto) -> Result<Const, String> {
                 data: data.into_iter().map(SymInt::Val).collect(),
             })
         }
+        x if x == DataType::INT32 as i32
+            || x == DataType::INT8 as i32
+            || x == DataType::UINT8 as i32 =>
+        {
+            let ty = match x {
+                x if x == DataType::INT8 as i32 => QType::I8,
+                x if x == DataType::UINT8 as i32 => QType::U8,
+                _ => QType::I32,
+            };
+            let data: Vec<i32> = match (ty, raw.is_empty()) {
+                (QType::I32, false) => {
+                    if raw.len() != n.checked_mul(4).ok_or("size overflow")? {
+                        return Err(bad_len(raw.len() / 4));
+                    }
+                    raw.chunks_exact(4)
+                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect()
+                }
+                (QType::I8, false) => raw.iter().map(|&b| b as i8 as i32).collect(),
+                (_, false) => raw.iter().map(|&b| b as i32).collect(),
+                (_, true) => t.int32_data.clone(),
+            };
+            if data.len() != n {
+                return Err(bad_len(data.len()));
+            }
+            let (lo, hi) = ty.range();
+            if let Some(v) = data.iter().find(|v| !(lo..=hi).contains(*v)) {
+                return Err(format!("value {v} is out of the {} range", ty.name()));
+            }
+            Ok(Const::Quant { ty, dims, data })
+        }
         other => Err(format!(
-            "tensor data type {other} is not supported (float32, int64, int32 are)"
+            "tensor data type {other} is not supported (float32, int64, int32, int8, uint8 are)"
         )),
     }
 }

@@ -11,7 +11,7 @@ use burn::tensor::{activation::relu, Tensor, TensorData};
 
 use crate::host::{self, Axis, Reduce};
 use crate::hostconv;
-use crate::plan::{HostKind, Operand, PadKind, Planned, Step};
+use crate::plan::{HostKind, Operand, PadKind, Planned, QParams, Step};
 use crate::value::Dim;
 
 fn physical(shape: &[Dim], n: usize) -> [usize; 4] {
@@ -168,6 +168,21 @@ pub(crate) fn run_step<B: Backend>(
             y.reshape([rows, *out, 1, 1])
         }
         Step::BatchNorm { x, scale, shift } => get(*x).mul(scale.clone()).add(shift.clone()),
+        Step::Quantize { x, p, lo, hi } => {
+            let x = get(*x);
+            let q = match p {
+                QParams::Scalar { scale, zero } => x.div_scalar(*scale).round().add_scalar(*zero),
+                QParams::Tensor { scale, zero } => x.div(scale.clone()).round().add(zero.clone()),
+            };
+            q.clamp(*lo, *hi)
+        }
+        Step::Dequantize { x, p } => {
+            let x = get(*x);
+            match p {
+                QParams::Scalar { scale, zero } => x.sub_scalar(*zero).mul_scalar(*scale),
+                QParams::Tensor { scale, zero } => x.sub(zero.clone()).mul(scale.clone()),
+            }
+        }
     }
 }
 
@@ -242,6 +257,8 @@ pub(crate) fn execute<B: Backend>(
                 Step::Add(..) => "Add".into(),
                 Step::Concat { .. } => "Concat".into(),
                 Step::Slice { .. } => "Slice".into(),
+                Step::Quantize { .. } => "QuantizeLinear".into(),
+                Step::Dequantize { .. } => "DequantizeLinear".into(),
                 _ => key,
             };
             let e = times.entry(label).or_default();

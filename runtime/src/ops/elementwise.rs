@@ -84,7 +84,7 @@ fn binary<B: Backend>(
                 full.extend_from_slice(dims);
                 Ok(Operand::Const(cx.tensor4(&full, data.clone())?))
             }
-            Known::Const(Const::Int { .. }) => Err(n.err("integer operands are not supported")),
+            Known::Const(_) => Err(n.err("integer operands are not supported")),
         }
     };
     let (oa, ob) = (operand(&a)?, operand(&b)?);

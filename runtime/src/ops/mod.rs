@@ -10,12 +10,13 @@
 
 mod elementwise;
 mod nn;
+pub(crate) mod quant;
 mod reduce;
 mod shape;
 
 use crate::error::RuntimeError;
 use crate::plan::{Planned, Step};
-use crate::value::{from_proto, physical, show, Const, Dim, SymInt};
+use crate::value::{from_proto, physical, show, Const, Dim, QType, SymInt};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use onnx_protobuf::{attribute_proto::AttributeType, AttributeProto, NodeProto};
@@ -49,8 +50,22 @@ pub(crate) fn registry<B: Backend>() -> HashMap<&'static str, Builder<B>> {
     r.insert("Unsqueeze", shape::unsqueeze);
     r.insert("Identity", identity);
     r.insert("Dropout", identity);
+    r.insert("QuantizeLinear", quant::quantize_linear);
+    r.insert("DequantizeLinear", quant::dequantize_linear);
     r
 }
+
+/// Operators that may read a run-time int8 / uint8 tensor (a `QuantizeLinear` output)
+/// besides `DequantizeLinear`: they move or select values, so the integer codes held as
+/// floats stay exact; their output has the input's type.
+const INT_LAYOUT_OPS: [&str; 6] = [
+    "MaxPool",
+    "Reshape",
+    "Flatten",
+    "Unsqueeze",
+    "Slice",
+    "Concat",
+];
 
 /// Largest run-time tensor per image (elements) a model may ask for: 2^28 (1 GiB of f32).
 pub(crate) const MAX_ELEMENTS: usize = 1 << 28;
@@ -64,6 +79,16 @@ pub(crate) enum Known {
     Value(usize, Vec<Dim>),
 }
 
+impl Known {
+    /// Integer constants of any width as [`Const::Int`] (see [`Const::widened`]).
+    fn widened(self) -> Known {
+        match self {
+            Known::Const(c) => Known::Const(c.widened()),
+            v => v,
+        }
+    }
+}
+
 /// The loader's state.
 pub(crate) struct Ctx<'d, B: Backend> {
     pub device: &'d B::Device,
@@ -73,6 +98,9 @@ pub(crate) struct Ctx<'d, B: Backend> {
     pub next_id: usize,
     /// Whether the plan uses the host kernels (decided once, at load).
     pub on_host: bool,
+    /// Run-time values holding integer codes (`QuantizeLinear` outputs and layout ops on
+    /// them), with their type; every other run-time value is float32.
+    pub int_values: HashMap<usize, QType>,
 }
 
 /// A node with attribute and input helpers; errors name the node and operator.
@@ -221,7 +249,7 @@ impl<B: Backend> Ctx<'_, B> {
     ) -> Result<(Vec<usize>, Vec<f32>), RuntimeError> {
         match self.constant(n, i, what)? {
             Const::F32 { dims, data } => Ok((dims, data)),
-            Const::Int { .. } => Err(n.err(format!("{what} must be float32"))),
+            _ => Err(n.err(format!("{what} must be float32"))),
         }
     }
 
@@ -235,7 +263,47 @@ impl<B: Backend> Ctx<'_, B> {
         Ok(())
     }
 
+    /// The integer type of `step`'s output when its inputs hold integer codes (only
+    /// [`INT_LAYOUT_OPS`] may read them, all of one type), None for float inputs.
+    fn int_output(&self, n: &Node, step: &Step<B>) -> Result<Option<QType>, RuntimeError> {
+        let types: Vec<(usize, Option<QType>)> = step
+            .inputs()
+            .into_iter()
+            .map(|v| (v, self.int_values.get(&v).copied()))
+            .collect();
+        let Some(&(v, Some(ty))) = types.iter().find(|t| t.1.is_some()) else {
+            return Ok(None);
+        };
+        let op = n.proto.op_type.as_str();
+        if INT_LAYOUT_OPS.contains(&op) && types.iter().all(|t| t.1 == Some(ty)) {
+            return Ok(Some(ty));
+        }
+        let input = n
+            .proto
+            .input
+            .iter()
+            .find(|i| matches!(self.known.get(*i), Some(Known::Value(id, _)) if *id == v))
+            .map_or("?", String::as_str);
+        Err(n.err(format!(
+            "input '{input}' is {} (a QuantizeLinear output): {op} needs float32 (a DequantizeLinear first)",
+            ty.name()
+        )))
+    }
+
     fn define(&mut self, n: &Node, step: Step<B>, shape: Vec<Dim>) -> Result<(), RuntimeError> {
+        let ty = self.int_output(n, &step)?;
+        self.define_typed(n, step, shape, ty)
+    }
+
+    /// [`Self::define`] with the output's integer type given (`QuantizeLinear`) or float
+    /// (`DequantizeLinear`).
+    fn define_typed(
+        &mut self,
+        n: &Node,
+        step: Step<B>,
+        shape: Vec<Dim>,
+        ty: Option<QType>,
+    ) -> Result<(), RuntimeError> {
         if shape.len() > 4 {
             return Err(n.err(format!("output rank {} (at most 4 supported)", shape.len())));
         }
@@ -258,6 +326,9 @@ impl<B: Backend> Ctx<'_, B> {
             last_use: vec![],
         });
         self.known.insert(out, Known::Value(id, shape));
+        if let Some(ty) = ty {
+            self.int_values.insert(id, ty);
+        }
         Ok(())
     }
 

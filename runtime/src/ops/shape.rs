@@ -15,7 +15,7 @@ pub(super) fn concat<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), Runtim
         return Err(n.err("no inputs"));
     }
     let parts: Vec<Known> = (0..count)
-        .map(|i| cx.get(n, i).cloned())
+        .map(|i| cx.get(n, i).cloned().map(Known::widened))
         .collect::<Result<_, _>>()?;
     let axis_raw = n.int("axis", i64::MIN)?;
     if axis_raw == i64::MIN {
@@ -100,7 +100,7 @@ fn slice_range(start: i64, end: i64, step: i64, dim: usize) -> (usize, usize) {
 }
 
 pub(super) fn slice<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
-    let data = cx.get(n, 0)?.clone();
+    let data = cx.get(n, 0)?.clone().widened();
     let starts = cx.ints(n, 1, "starts")?;
     let ends = cx.ints(n, 2, "ends")?;
     if starts.len() != ends.len() || starts.is_empty() {
@@ -272,7 +272,7 @@ pub(super) fn flatten<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), Runti
 }
 
 pub(super) fn reshape<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), RuntimeError> {
-    let target = match cx.constant(n, 1, "the shape")? {
+    let target = match cx.constant(n, 1, "the shape")?.widened() {
         Const::Int { data, dims } if dims.len() == 1 => data,
         _ => return Err(n.err("the shape must be a 1-D integer tensor")),
     };
@@ -322,19 +322,12 @@ pub(super) fn reshape<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), Runti
         known
     };
     match data {
-        Known::Const(Const::F32 { data, .. }) => {
+        Known::Const(c) => {
             let dims = resolved
                 .iter()
                 .map(|&d| fixed(n, d, "a constant's dimension"))
                 .collect::<Result<_, _>>()?;
-            cx.define_const(n, Const::F32 { dims, data })
-        }
-        Known::Const(Const::Int { data, .. }) => {
-            let dims = resolved
-                .iter()
-                .map(|&d| fixed(n, d, "a constant's dimension"))
-                .collect::<Result<_, _>>()?;
-            cx.define_const(n, Const::Int { dims, data })
+            cx.define_const(n, c.with_dims(dims))
         }
         Known::Value(x, _) => cx.define(
             n,
@@ -407,6 +400,11 @@ pub(super) fn gather<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), Runtim
             dims,
             data: pos.iter().map(|&j| data[j]).collect(),
         },
+        Const::Quant { ty, data, .. } => Const::Quant {
+            ty,
+            dims,
+            data: pos.iter().map(|&j| data[j]).collect(),
+        },
     };
     cx.define_const(n, c)
 }
@@ -431,11 +429,7 @@ pub(super) fn unsqueeze<B: Backend>(cx: &mut Ctx<B>, n: &Node) -> Result<(), Run
                 .iter()
                 .map(|&d| fixed(n, d, "a constant's dimension"))
                 .collect::<Result<Vec<_>, _>>()?;
-            let c = match c {
-                Const::F32 { data, .. } => Const::F32 { dims, data },
-                Const::Int { data, .. } => Const::Int { dims, data },
-            };
-            cx.define_const(n, c)
+            cx.define_const(n, c.with_dims(dims))
         }
         Known::Value(x, _) => cx.define(
             n,

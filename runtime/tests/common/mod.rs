@@ -2,6 +2,8 @@
 //! x86_64 (the ARM test builds under qemu leave tract, the largest dev-dependency, out).
 #![allow(dead_code)]
 
+pub mod qdq;
+
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
     Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
