@@ -14,7 +14,8 @@
 //! registry ([`ops`]) holds for its `op_type`, which checks attributes and shapes and either
 //! plans a run-time step ([`plan`]) or, when its inputs are known at load time, computes a
 //! constant (shape subgraphs are folded here). Running ([`exec`]) executes the plan with
-//! Burn tensors.
+//! Burn tensors. [`observe`] runs the plan unfolded and reports every run-time value
+//! (calibration for post-training quantization).
 #![warn(missing_docs)]
 
 #[cfg(feature = "cli")]
@@ -26,6 +27,7 @@ mod host;
 mod hostconv;
 pub mod input;
 mod load;
+pub mod observe;
 mod ops;
 mod plan;
 pub mod value;
@@ -33,6 +35,7 @@ pub mod value;
 pub use device::{AnyModel, DeviceKind};
 pub use error::RuntimeError;
 pub use exec::workers::{IMAGE_BATCH, MAX_WORKERS};
+pub use observe::Observed;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
