@@ -14,7 +14,8 @@
 //! registry ([`ops`]) holds for its `op_type`, which checks attributes and shapes and either
 //! plans a run-time step ([`plan`]) or, when its inputs are known at load time, computes a
 //! constant (shape subgraphs are folded here). Running ([`exec`]) executes the plan with
-//! Burn tensors.
+//! Burn tensors. [`observe`] runs the plan unfolded and reports every run-time value
+//! (calibration for post-training quantization).
 #![warn(missing_docs)]
 
 #[cfg(feature = "cli")]
@@ -27,6 +28,7 @@ mod hostconv;
 pub mod input;
 mod int8;
 mod load;
+pub mod observe;
 mod ops;
 mod plan;
 pub mod value;
@@ -35,6 +37,7 @@ pub use device::{AnyModel, DeviceKind};
 pub use error::RuntimeError;
 pub use exec::workers::{IMAGE_BATCH, MAX_WORKERS};
 pub use int8::{int8_enabled, with_int8, INT8_ENV};
+pub use observe::Observed;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};

@@ -68,6 +68,18 @@ pub(crate) fn from_bytes<B: Backend>(
     bytes: &[u8],
     device: &B::Device,
 ) -> Result<Model<B>, RuntimeError> {
+    load(bytes, device, true).map(|(model, _)| model)
+}
+
+/// Builds a [`Model`] and names every run-time value: `(name, value id)` for the graph
+/// input and each node output that is a run-time value (aliases included), sorted by id
+/// then name. `fuse`: fold ReLU -> Conv pairs (off for [`crate::observe`], which reports
+/// every ReLU output).
+pub(crate) fn load<B: Backend>(
+    bytes: &[u8],
+    device: &B::Device,
+    fuse: bool,
+) -> Result<(Model<B>, Vec<(String, usize)>), RuntimeError> {
     check_wire(bytes)?;
     let model =
         ModelProto::parse_from_bytes(bytes).map_err(|e| RuntimeError::Decode(e.to_string()))?;
@@ -108,7 +120,18 @@ pub(crate) fn from_bytes<B: Backend>(
             ty.name()
         )));
     }
-    plan::fuse_relus(&mut cx.plan, output);
+    if fuse {
+        plan::fuse_relus(&mut cx.plan, output);
+    }
+    let mut names: Vec<(String, usize)> = cx
+        .known
+        .iter()
+        .filter_map(|(name, k)| match k {
+            Known::Value(id, _) => Some((name.clone(), *id)),
+            Known::Const(_) => None,
+        })
+        .collect();
+    names.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     // Free each value after its last reader.
     plan::mark_last_uses(&mut cx.plan);
     let metadata = model
@@ -117,7 +140,7 @@ pub(crate) fn from_bytes<B: Backend>(
         .map(|p| (p.key.clone(), p.value.clone()))
         .collect();
     let graph = workers::Graph::new(&cx.plan, cx.next_id);
-    Ok(Model {
+    let model = Model {
         graph,
         values: cx.next_id,
         plan: cx.plan,
@@ -134,7 +157,8 @@ pub(crate) fn from_bytes<B: Backend>(
         } else {
             None
         },
-    })
+    };
+    Ok((model, names))
 }
 
 /// The one real input (a graph input that is not an initializer) and its `[C, H, W]`:
