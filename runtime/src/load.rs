@@ -108,6 +108,7 @@ pub(crate) fn from_bytes<B: Backend>(
             ty.name()
         )));
     }
+    let (int8, int8_note) = crate::int8::choose(&cx, graph, &input.name);
     plan::fuse_relus(&mut cx.plan, output);
     // Free each value after its last reader.
     plan::mark_last_uses(&mut cx.plan);
@@ -129,6 +130,8 @@ pub(crate) fn from_bytes<B: Backend>(
         opset,
         device: device.clone(),
         on_host,
+        int8,
+        int8_note,
         pools: if on_host {
             workers::one_thread_pools()
         } else {
