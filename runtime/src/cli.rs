@@ -180,6 +180,9 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         });
     }
     let model = load(&a.file, a.device.open()?)?;
+    if let Some(line) = model.engine_line() {
+        eprintln!("{line}");
+    }
     let chw = model.input_shape();
     let (mut x, mut names) = (vec![], vec![]);
     for path in &a.input {
@@ -235,6 +238,9 @@ pub fn bench(a: &BenchArgs) -> Result<(), CliError> {
     }
     let device = a.device.open()?;
     let model = load(file, device)?;
+    if let Some(line) = model.engine_line() {
+        eprintln!("{line}");
+    }
     let [c, h, w] = model.input_shape();
     let x: Vec<f32> = (0..batch * c * h * w)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)

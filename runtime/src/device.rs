@@ -105,4 +105,24 @@ impl AnyModel {
     pub fn steps(&self) -> usize {
         each!(self, m => m.steps())
     }
+
+    /// `"int8"` or `"float"` (see [`Model::engine`]).
+    pub fn engine(&self) -> &'static str {
+        each!(self, m => m.engine())
+    }
+
+    /// Why a QDQ model runs on the float path (see [`Model::engine_note`]).
+    pub fn engine_note(&self) -> Option<String> {
+        each!(self, m => m.engine_note().map(str::to_string))
+    }
+
+    /// The stderr line of `run` and `bench` for a QDQ model: `engine: int8`, or
+    /// `engine: float (why)`; None for a float model.
+    pub fn engine_line(&self) -> Option<String> {
+        match (self.engine(), self.engine_note()) {
+            ("int8", _) => Some("engine: int8".into()),
+            (_, Some(why)) => Some(format!("engine: float ({why})")),
+            _ => None,
+        }
+    }
 }

@@ -71,6 +71,10 @@ pub struct Model<B: Backend> {
     /// Whether the plan was built for the host kernels (`splitnas_host::route` at load
     /// time): execution follows the decision the plan was built with.
     on_host: bool,
+    /// A QDQ model's int8 program (CPU backends), run instead of the plan.
+    int8: Option<int8::Program>,
+    /// Why a QDQ model runs on the float path.
+    int8_note: Option<String>,
 }
 
 impl<B: Backend> Model<B> {
@@ -103,9 +107,26 @@ impl<B: Backend> Model<B> {
         self.opset
     }
 
-    /// Run-time steps (nodes folded at load time or aliased are not counted).
+    /// Run-time steps (nodes folded at load time or aliased are not counted; the int8
+    /// engine's ops when it runs the model).
     pub fn steps(&self) -> usize {
-        self.plan.len()
+        self.int8.as_ref().map_or(self.plan.len(), |p| p.ops.len())
+    }
+
+    /// The engine that runs the model: `"int8"` (a QDQ model on a CPU backend, in integer
+    /// kernels) or `"float"` (Burn's float ops; QDQ models as fake quantization).
+    pub fn engine(&self) -> &'static str {
+        if self.int8.is_some() {
+            "int8"
+        } else {
+            "float"
+        }
+    }
+
+    /// Why a QDQ model runs on the float path (the node the int8 engine does not cover,
+    /// a GPU backend, or the engine turned off); None otherwise.
+    pub fn engine_note(&self) -> Option<&str> {
+        self.int8_note.as_deref()
     }
 
     /// All `metadata_props`.
@@ -152,6 +173,11 @@ impl<B: Backend> Model<B> {
                 found: vec![n, c, h, w],
                 name: self.input_name.clone(),
             });
+        }
+        if let Some(p) = &self.int8 {
+            let y = host::with_floats(input, |xs| p.run(xs, n));
+            let y = TensorData::new(y, [n, self.classes_count]);
+            return Ok(Tensor::from_data(y, &self.device));
         }
         // SPLITNAS_PROFILE=1: op after op on the calling thread, timing each kind of op
         let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();

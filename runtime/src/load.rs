@@ -120,6 +120,7 @@ pub(crate) fn load<B: Backend>(
             ty.name()
         )));
     }
+    let (int8, int8_note) = crate::int8::choose(&cx, graph, &input.name);
     if fuse {
         plan::fuse_relus(&mut cx.plan, output);
     }
@@ -152,6 +153,8 @@ pub(crate) fn load<B: Backend>(
         opset,
         device: device.clone(),
         on_host,
+        int8,
+        int8_note,
         pools: if on_host {
             workers::one_thread_pools()
         } else {

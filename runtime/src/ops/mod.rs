@@ -129,7 +129,7 @@ impl Node<'_> {
         self.proto.attribute.iter().find(|a| a.name == name)
     }
 
-    fn int(&self, name: &str, default: i64) -> Result<i64, RuntimeError> {
+    pub(crate) fn int(&self, name: &str, default: i64) -> Result<i64, RuntimeError> {
         match self.attr(name) {
             None => Ok(default),
             Some(a) if a.type_.enum_value() == Ok(AttributeType::INT) => Ok(a.i),
@@ -137,7 +137,7 @@ impl Node<'_> {
         }
     }
 
-    fn float(&self, name: &str, default: f32) -> Result<f32, RuntimeError> {
+    pub(crate) fn float(&self, name: &str, default: f32) -> Result<f32, RuntimeError> {
         match self.attr(name) {
             None => Ok(default),
             Some(a) if a.type_.enum_value() == Ok(AttributeType::FLOAT) => Ok(a.f),
@@ -145,7 +145,7 @@ impl Node<'_> {
         }
     }
 
-    fn ints(&self, name: &str) -> Result<Option<Vec<i64>>, RuntimeError> {
+    pub(crate) fn ints(&self, name: &str) -> Result<Option<Vec<i64>>, RuntimeError> {
         match self.attr(name) {
             None => Ok(None),
             Some(a) if a.type_.enum_value() == Ok(AttributeType::INTS) => Ok(Some(a.ints.clone())),
@@ -153,7 +153,7 @@ impl Node<'_> {
         }
     }
 
-    fn string(&self, name: &str) -> Result<Option<String>, RuntimeError> {
+    pub(crate) fn string(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         match self.attr(name) {
             None => Ok(None),
             Some(a) if a.type_.enum_value() == Ok(AttributeType::STRING) => {
@@ -164,7 +164,7 @@ impl Node<'_> {
     }
 
     /// Input `i`'s name, None when absent or empty (an omitted optional input).
-    fn input(&self, i: usize) -> Option<&str> {
+    pub(crate) fn input(&self, i: usize) -> Option<&str> {
         self.proto
             .input
             .get(i)
@@ -172,7 +172,7 @@ impl Node<'_> {
             .filter(|s| !s.is_empty())
     }
 
-    fn output(&self) -> Result<&str, RuntimeError> {
+    pub(crate) fn output(&self) -> Result<&str, RuntimeError> {
         self.proto
             .output
             .first()
@@ -182,7 +182,12 @@ impl Node<'_> {
     }
 
     /// Like [`Self::sizes`] but every value must be at least 1 (strides, dilations, kernels).
-    fn positive(&self, name: &str, len: usize, default: usize) -> Result<Vec<usize>, RuntimeError> {
+    pub(crate) fn positive(
+        &self,
+        name: &str,
+        len: usize,
+        default: usize,
+    ) -> Result<Vec<usize>, RuntimeError> {
         let v = self.sizes(name, len, default)?;
         if v.contains(&0) {
             return Err(self.err(format!("{name} {v:?} has a zero")));
@@ -191,7 +196,12 @@ impl Node<'_> {
     }
 
     /// `usize` list from an attribute, with bounds.
-    fn sizes(&self, name: &str, len: usize, default: usize) -> Result<Vec<usize>, RuntimeError> {
+    pub(crate) fn sizes(
+        &self,
+        name: &str,
+        len: usize,
+        default: usize,
+    ) -> Result<Vec<usize>, RuntimeError> {
         match self.ints(name)? {
             None => Ok(vec![default; len]),
             Some(v) if v.len() == len => v
@@ -209,7 +219,7 @@ impl Node<'_> {
 }
 
 impl<B: Backend> Ctx<'_, B> {
-    fn get(&self, n: &Node, i: usize) -> Result<&Known, RuntimeError> {
+    pub(crate) fn get(&self, n: &Node, i: usize) -> Result<&Known, RuntimeError> {
         let name = n
             .input(i)
             .ok_or_else(|| n.err(format!("input {i} is missing")))?;
@@ -218,7 +228,7 @@ impl<B: Backend> Ctx<'_, B> {
             .ok_or_else(|| n.err(format!("input '{name}' is not defined before the node")))
     }
 
-    fn opt(&self, n: &Node, i: usize) -> Result<Option<&Known>, RuntimeError> {
+    pub(crate) fn opt(&self, n: &Node, i: usize) -> Result<Option<&Known>, RuntimeError> {
         match n.input(i) {
             None => Ok(None),
             Some(_) => self.get(n, i).map(Some),
@@ -253,7 +263,7 @@ impl<B: Backend> Ctx<'_, B> {
         }
     }
 
-    fn ints(&self, n: &Node, i: usize, what: &str) -> Result<Vec<i64>, RuntimeError> {
+    pub(crate) fn ints(&self, n: &Node, i: usize, what: &str) -> Result<Vec<i64>, RuntimeError> {
         self.constant(n, i, what)?.ints(what).map_err(|e| n.err(e))
     }
 

@@ -2,6 +2,7 @@
 //! x86_64 (the ARM test builds under qemu leave tract, the largest dev-dependency, out).
 #![allow(dead_code)]
 
+pub mod hand;
 pub mod qdq;
 
 use onnx_protobuf::{
@@ -228,11 +229,23 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 
 /// Keeps the file, its input and the runtime's logits for `.ci/run`'s onnxruntime check.
 pub fn keep_for_ci(stem: &str, bytes: &[u8], x: &[f32], shape: [usize; 4], logits: &[f32]) {
+    keep_for_ci_tol(stem, bytes, x, shape, logits, 1e-4)
+}
+
+/// [`keep_for_ci`] with onnxruntime's logits allowed `tolerance` (max abs) away.
+pub fn keep_for_ci_tol(
+    stem: &str,
+    bytes: &[u8],
+    x: &[f32],
+    shape: [usize; 4],
+    logits: &[f32],
+    tolerance: f32,
+) {
     if let Ok(dir) = std::env::var("SPLITNAS_ONNX_CHECKS") {
         let dir = std::path::Path::new(&dir);
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join(format!("{stem}.onnx")), bytes).unwrap();
-        let json = serde_json::json!({"input_shape": shape, "input": x, "logits": logits, "tolerance": 1e-4});
+        let json = serde_json::json!({"input_shape": shape, "input": x, "logits": logits, "tolerance": tolerance});
         std::fs::write(dir.join(format!("{stem}.json")), json.to_string()).unwrap();
     }
 }
