@@ -13,12 +13,15 @@
 //!
 //! [`fold`] folds a BatchNorm into the convolution before it, [`compact`] builds the
 //! compact network from a Burn [`Network`] (and runs it with Burn), [`onnx`] writes it.
-//! Dependency direction: `export -> models`.
+//! [`quantize`] turns a float ONNX file into an int8 QDQ one (post-training quantization,
+//! calibrated with the runtime's `Observed` hook). Dependency direction: `export ->
+//! models`, `export -> runtime`.
 #![warn(missing_docs)]
 
 pub mod compact;
 pub mod fold;
 pub mod onnx;
+pub mod quantize;
 
 pub use compact::{compact, CompactError, CompactNetwork};
 pub use onnx::Metadata;
