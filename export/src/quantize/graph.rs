@@ -47,7 +47,7 @@ pub(crate) fn attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
 pub(crate) fn floats(t: &TensorProto) -> Option<(Vec<usize>, Vec<f32>)> {
     match from_proto(t).ok()? {
         Const::F32 { dims, data } => Some((dims, data)),
-        Const::Int { .. } => None,
+        _ => None,
     }
 }
 
