@@ -130,6 +130,27 @@ fn dequantize(q: i8, s: f32, z: i32) -> f32 {
 /// float path's f32 operations (so the same codes as its Relu between DQ and Q, and
 /// ONNX's), vectorized; a copy (or a clamp at the zero point) when the two agree.
 fn requant(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { requant_avx2(x, xq, yq, relu, y) };
+    }
+    requant_loops(x, xq, yq, relu, y)
+}
+
+/// `requant`'s loops compiled for AVX2 (8 lanes; the same f32 operations, so the same
+/// codes).
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn requant_avx2(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
+    requant_loops(x, xq, yq, relu, y)
+}
+
+#[inline(always)]
+fn requant_loops(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
     if xq == yq {
         let lo = if relu { yq.zero } else { i8::MIN };
         for (d, &v) in y.iter_mut().zip(x) {
@@ -148,7 +169,28 @@ fn requant(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
 /// quantized sum ONNX defines, rounded half to even), vectorized; `relu` clamps at real
 /// 0. (The kernels' `add::add`, TFLite's fixed-point ADD, rounds its three steps half
 /// up: next to ties it differs from this by a step.)
-fn add(a: &[i8], b: &[i8], [qa, qb, qy]: [Quant; 3], relu: bool, y: &mut [i8]) {
+fn add(a: &[i8], b: &[i8], q: [Quant; 3], relu: bool, y: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { add_avx2(a, b, q, relu, y) };
+    }
+    add_loops(a, b, q, relu, y)
+}
+
+/// `add`'s loops compiled for AVX2 (8 lanes; the same f32 operations, so the same
+/// codes).
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_avx2(a: &[i8], b: &[i8], q: [Quant; 3], relu: bool, y: &mut [i8]) {
+    add_loops(a, b, q, relu, y)
+}
+
+#[inline(always)]
+fn add_loops(a: &[i8], b: &[i8], [qa, qb, qy]: [Quant; 3], relu: bool, y: &mut [i8]) {
     let lo = if relu { 0.0 } else { f32::MIN };
     let (za, zb, zy) = (qa.zero as i32, qb.zero as i32, qy.zero as i32);
     for ((d, &va), &vb) in y.iter_mut().zip(a).zip(b) {
@@ -206,7 +248,28 @@ fn pad(x: &[i8], dims: [usize; 3], pads: [(usize, usize); 3], fill: i8, y: &mut 
 /// `quantize(dequantize(q) a[c] + b[c])` per element of channel `c` (images `[C, inner]`,
 /// `C = a.len()`), with the f32 operations of the float path (DQ, then mul, then add,
 /// then Q), so both give the same codes.
-fn affine(x: &[i8], [xq, yq]: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
+fn affine(x: &[i8], q: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { affine_avx2(x, q, inner, a, b, y) };
+    }
+    affine_loops(x, q, inner, a, b, y)
+}
+
+/// `affine`'s loops compiled for AVX2 (8 lanes; the same f32 operations, so the same
+/// codes).
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn affine_avx2(x: &[i8], q: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
+    affine_loops(x, q, inner, a, b, y)
+}
+
+#[inline(always)]
+fn affine_loops(x: &[i8], [xq, yq]: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
     let run = a.len() * inner;
     for (xs, ys) in x.chunks_exact(run).zip(y.chunks_exact_mut(run)) {
         for (c, (xc, yc)) in xs
