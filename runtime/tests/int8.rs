@@ -1,13 +1,13 @@
 //! The int8 engine on flex, one QDQ pattern per test: the engine's output equals a hand
 //! computation (`common::hand`: the ONNX formulas on integer codes, with the kernel
-//! crate's fixed-point `Requant` / `AddParams` for the rounding of a requantization), and
+//! crate's fixed-point `Requant` for the rounding of an accumulator), and
 //! the float fake-quantization path (the engine off) within one quantization step of the
 //! output (the two round the same real value differently only next to a tie).
 
 mod common;
 use common::hand::{self, codes, deq, q, requant, requant_acc, store, windows, Conv};
 use common::{input, max_abs, A, G};
-use splitnas_host::kernels::int8::{add::AddParams, Quant, Requant};
+use splitnas_host::kernels::int8::Requant;
 use splitnas_runtime::{with_int8, Model};
 
 type Flex = burn::backend::Flex;
@@ -285,9 +285,8 @@ fn two_branches(
     (r, x, rc, xc)
 }
 
-/// Add of two scales into a third (the TFLite ADD arithmetic of `AddParams`), and
-/// Concat of two scales (each part requantized, or copied when its parameters are the
-/// output's).
+/// Add of two scales into a third, and Concat of two scales (each part requantized, or
+/// copied when its parameters are the output's): the ONNX formulas in f32.
 #[test]
 fn add_and_concat_of_different_scales() {
     let sa = (0.007, -128);
@@ -297,15 +296,17 @@ fn add_and_concat_of_different_scales() {
     let y = g.qdq(&y, SY.0, SY.1 as i8);
     let y = flatten_out(&mut g, &y, SY.0, SY.1 as i8);
     let bytes = g.finish(&y, 24, 13);
-    let p = AddParams::new(
-        Quant::new(sa.0, sa.1 as i8),
-        Quant::new(SX.0, SX.1 as i8),
-        Quant::new(SY.0, SY.1 as i8),
-    );
+    // Q(DQ(a) + DQ(b)) in f32
     let want: Vec<i32> = rc
         .iter()
         .zip(&xc)
-        .map(|(&a, &b)| store(p.sum(a as i8, b as i8), SY.1, false))
+        .map(|(&a, &b)| {
+            q(
+                (a - sa.1) as f32 * sa.0 + (b - SX.1) as f32 * SX.0,
+                SY.0,
+                SY.1,
+            )
+        })
         .collect();
     check(&bytes, [2, 3, 4], 2, SY.0, &deq(&want, SY.0, SY.1));
 

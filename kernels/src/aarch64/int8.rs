@@ -7,10 +7,8 @@
 //! - [`taps_neon`]: depthwise rows on i16 inputs, `vmlal_s16` (widening multiply-add
 //!   into i32), 8 outputs per step;
 //! - [`store_row_neon`]: the requantization of a row of sums, 8 lanes a step:
-//!   `vqshlq_s32` is the saturating left shift, `vqrdmulhq_s32` gemmlowp's
-//!   `SaturatingRoundingDoublingHighMul` (both round half up and saturate only
-//!   `MIN * MIN`), and `vrshlq_s32` after a -1 fix-up of negative lanes its
-//!   `RoundingDivideByPOT` (gemmlowp's own NEON build).
+//!   `vmull_s32` 64-bit products, `vrshlq_s64` their one rounding right shift (half up,
+//!   exact), `vqmovn_s64` the saturation to i32: `Requant::apply`'s arithmetic.
 
 use core::arch::aarch64::*;
 
@@ -146,8 +144,8 @@ pub(crate) unsafe fn taps_neon(x: &[i16], off: &[usize], w: &[i16], acc: &mut [i
 pub(crate) unsafe fn store_row_neon(acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
     assert_eq!(acc.len(), dst.len(), "int8 row lengths");
     let n = acc.len() / 8 * 8;
-    let left = vdupq_n_s32(r.shift.max(0));
-    let right = vdupq_n_s32(-(-r.shift).max(0));
+    // `vrshlq_s64` by `-t` adds `2^(t - 1)` and shifts right arithmetically, exactly
+    let shift = vdupq_n_s64(-(31 - r.shift) as i64);
     let (q, b) = (vdupq_n_s32(r.multiplier), vdupq_n_s32(base));
     let z = out.zero as i32;
     let (lo, hi, zv) = (
@@ -156,10 +154,11 @@ pub(crate) unsafe fn store_row_neon(acc: &[i32], base: i32, r: Requant, out: Out
         vdupq_n_s32(z),
     );
     let one = |x: int32x4_t| {
-        let x = vqrdmulhq_s32(vqshlq_s32(vaddq_s32(x, b), left), q);
-        // -1 on negative lanes when shifting right (`right` has its sign bit set then)
-        let fixup = vshrq_n_s32::<31>(vandq_s32(x, right));
-        let x = vrshlq_s32(vqaddq_s32(x, fixup), right);
+        let x = vaddq_s32(x, b);
+        let l = vrshlq_s64(vmull_s32(vget_low_s32(x), vget_low_s32(q)), shift);
+        let h = vrshlq_s64(vmull_high_s32(x, q), shift);
+        // saturating narrows: `Requant::apply`'s clamp to i32
+        let x = vcombine_s32(vqmovn_s64(l), vqmovn_s64(h));
         vaddq_s32(vminq_s32(vmaxq_s32(x, lo), hi), zv)
     };
     for i in (0..n).step_by(8) {

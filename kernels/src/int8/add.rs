@@ -7,7 +7,7 @@
 //! below 1/2), summed, and the sum scaled by `2 max(s_a, s_b) / (2^20 s_y)`; then the
 //! output zero point is added and the result clamped (a fused ReLU: nothing below the
 //! zero point). The three roundings keep the result within one step of the real sum, and
-//! equal to its rounding (half away from zero) away from ties.
+//! equal to its rounding away from ties.
 
 use super::{OutQ, Quant, Requant};
 

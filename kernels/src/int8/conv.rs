@@ -10,7 +10,9 @@
 //!
 //! - **Depthwise** (`groups == C == M`): each plane copied once into a padded i16 plane
 //!   of `x - zx` (column phases at a column stride, as the float window engine keeps
-//!   them), then every output row summed tap by tap (AVX2 16 and NEON 8 outputs a step).
+//!   them), then summed tap by tap (AVX2 16 and NEON 8 outputs a step): for short rows
+//!   all padded rows in one run over the padded width (the rows and columns no output
+//!   starts at dropped), else output row by output row.
 //! - **Dense and grouped**: per image and group the input windows laid out as columns
 //!   `[C/groups kh kw, oh ow]` (a 1x1 stride-1 unpadded convolution reads the input as
 //!   they are), packed straight into the SIMD path's layout, then an int8 matrix product
@@ -279,6 +281,9 @@ struct Scratch {
     xp: Vec<i16>,
     acc: Vec<i32>,
     off: Vec<usize>,
+    /// The sums over the padded width of every padded row an output row starts at or
+    /// passes, `[(oh - 1) sh + 1, pws]` (see `wide` in [`depthwise`]).
+    wide: Vec<i32>,
 }
 
 /// Depthwise convolution (`groups == C == M`), see the module doc.
@@ -298,10 +303,21 @@ fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: O
         .map(|t| cols[t % g.kw] + t / g.kw * g.dh * pws)
         .collect();
     let parallel = n * g.c * plane_out * taps_n >= PARALLEL_WORK && crate::par::threads() >= 2;
+    // the padded width's run sums `sh pws / ow` times the row by row outputs: worth it
+    // at row strides 1 and 2, or for rows of less than one AVX2 block
+    let wide = g.sh <= 2 || g.ow < 16;
     let init = || Scratch {
         xp: vec![0; g.sw * ph * pws],
         acc: vec![0; plane_out],
         off: vec![0; taps_n],
+        wide: vec![
+            0;
+            if wide {
+                ((g.oh - 1) * g.sh + 1) * pws
+            } else {
+                0
+            }
+        ],
     };
     crate::par::chunks_with(y, plane_out, parallel, 8, init, |s, pi, yo| {
         let ch = pi % g.c;
@@ -318,24 +334,36 @@ fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: O
                 continue;
             }
             // padded column `c = col + pl` lies in phase `c % sw` at `c / sw`
-            let (mut phase, mut at) = (g.pl % g.sw, g.pl / g.sw);
-            for &v in row {
-                s.xp[phase * ph * pws + base + at] = v as i16 - z;
-                phase += 1;
-                if phase == g.sw {
-                    phase = 0;
-                    at += 1;
+            for phase in 0..g.sw {
+                let col0 = (phase + g.sw - g.pl % g.sw) % g.sw;
+                let at = phase * ph * pws + base + (col0 + g.pl) / g.sw;
+                let cols = row.iter().skip(col0).step_by(g.sw);
+                for (d, &v) in s.xp[at..].iter_mut().zip(cols) {
+                    *d = v as i16 - z;
                 }
             }
         }
         let w = &wt[ch * taps_n..][..taps_n];
         let (b, rq) = (f.bias.map_or(0, |b| b[ch]), requant_of(f.requant, ch));
-        for (oh, arow) in s.acc.chunks_exact_mut(g.ow).enumerate() {
-            let row = oh * g.sh * pws;
-            for (o, &t) in s.off.iter_mut().zip(&tap) {
-                *o = t + row;
+        if wide {
+            // output row `oh` reads the padded rows from `oh sh` on: every padded row's
+            // sums in one run over the padded width, then rows `0, sh, 2 sh, ...` and
+            // their first `ow` columns kept (short rows of 7 or 14 outputs would run the
+            // SIMD paths' scalar tails)
+            let len = (g.oh - 1) * g.sh * pws + g.ow;
+            taps(path, &s.xp, &tap, w, &mut s.wide[..len]);
+            let rows = s.wide.chunks(g.sh * pws);
+            for (arow, wrow) in s.acc.chunks_exact_mut(g.ow).zip(rows) {
+                arow.copy_from_slice(&wrow[..g.ow]);
             }
-            taps(path, &s.xp, &s.off, w, arow);
+        } else {
+            for (oh, arow) in s.acc.chunks_exact_mut(g.ow).enumerate() {
+                let row = oh * g.sh * pws;
+                for (o, &t) in s.off.iter_mut().zip(&tap) {
+                    *o = t + row;
+                }
+                taps(path, &s.xp, &s.off, w, arow);
+            }
         }
         store_row(path, &s.acc, b, rq, out, yo);
     });

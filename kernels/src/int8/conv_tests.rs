@@ -143,6 +143,8 @@ fn conv_matches_reference() {
         (1, 2, [4, 50], 3, 1, 2, 2, 2, 2),
         (1, 3, [20, 30], 3, 1, 1, 1, 1, 6),
         (2, 4, [17, 19], 1, 1, 0, 1, 2, 6),
+        // depthwise, row stride 3 over 17 outputs a row: summed output row by row
+        (1, 3, [7, 50], 3, 3, 1, 1, 3, 3),
     ];
     for (i, &(n, c, hw, k, s, p, d, groups, m)) in cases.iter().enumerate() {
         let g = Geom::square(c, hw, k, s, p, d);

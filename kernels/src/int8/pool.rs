@@ -23,6 +23,8 @@ use alloc::vec::Vec;
 
 use super::requant::rounding_div;
 use super::{OutQ, Quant, Requant};
+#[cfg(target_arch = "x86_64")]
+use crate::arch::Level;
 use crate::window::PARALLEL_WORK;
 use crate::Geom;
 
@@ -36,6 +38,7 @@ fn check(x: usize, y: usize, n: usize, g: &Geom) {
 }
 
 /// Runs `f(input plane, output plane)` over the planes, on the pool when large.
+#[inline(always)]
 fn planes(
     x: &[i8],
     g: &Geom,
@@ -94,6 +97,27 @@ fn row_taps<T: Copy>(
 /// When `g` is not a supported window or a length does not fit.
 pub fn max(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
     check(x.len(), y.len(), n, g);
+    #[cfg(target_arch = "x86_64")]
+    if matches!(crate::arch::level(), Level::Avx2 | Level::Avx512) {
+        // SAFETY: the CPU has AVX2 (`arch::level`).
+        return unsafe { max_avx2(x, n, g, y) };
+    }
+    max_loops(x, n, g, y)
+}
+
+/// [`max`]'s loops compiled for AVX2 (byte maxima 32 lanes a step; the baseline x86_64
+/// target has no signed byte maximum): the same integers.
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_avx2(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
+    max_loops(x, n, g, y)
+}
+
+#[inline(always)]
+fn max_loops(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
     let spans = g.col_spans();
     planes(x, g, y, |src, o, _| {
         for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
@@ -149,8 +173,28 @@ impl Divide {
 ///
 /// # Panics
 /// When `g` is not a supported window or a length does not fit.
-pub fn avg(x: &[i8], n: usize, g: &Geom, count_pad: bool, [xq, yq]: [Quant; 2], y: &mut [i8]) {
+pub fn avg(x: &[i8], n: usize, g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut [i8]) {
     check(x.len(), y.len(), n, g);
+    #[cfg(target_arch = "x86_64")]
+    if matches!(crate::arch::level(), Level::Avx2 | Level::Avx512) {
+        // SAFETY: the CPU has AVX2 (`arch::level`).
+        return unsafe { avg_avx2(x, n, g, count_pad, q, y) };
+    }
+    avg_loops(x, n, g, count_pad, q, y)
+}
+
+/// [`avg`]'s loops compiled for AVX2: the same integers.
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avg_avx2(x: &[i8], n: usize, g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut [i8]) {
+    avg_loops(x, n, g, count_pad, q, y)
+}
+
+#[inline(always)]
+fn avg_loops(x: &[i8], n: usize, g: &Geom, count_pad: bool, [xq, yq]: [Quant; 2], y: &mut [i8]) {
     let spans = g.col_spans();
     let div = Divide::new(xq, yq, g.kh * g.kw);
     let counts: Vec<i32> = (0..g.plane_out())

@@ -9,7 +9,7 @@
 //! - [`taps_avx2`]: depthwise rows, `acc[o] = sum_t w[t] x[off[t] + o]` on i16 inputs,
 //!   16 outputs per vector (`vpmullw` is exact: `|x w| <= 255 * 128 < 2^15`);
 //! - [`store_row_avx2`]: the requantization of a row of sums, 8 lanes at a time
-//!   (`vpmuldq` for the doubling high product).
+//!   (`vpmuldq` for the 64-bit products, rounded once as `Requant::apply` does).
 
 use core::arch::x86_64::*;
 
@@ -229,27 +229,25 @@ pub(crate) unsafe fn taps_avx2(x: &[i16], off: &[usize], w: &[i16], acc: &mut [i
     crate::int8::conv::taps_portable(x, off, w, &mut acc[o..], o);
 }
 
-/// gemmlowp's `SaturatingRoundingDoublingHighMul` of 8 lanes by `q` (not `i32::MIN`):
-/// even and odd lanes as 64-bit products (`vpmuldq`), nudged, truncated toward zero
-/// (the low 32 bits of a logical shift are those of the arithmetic one).
+/// [`Requant::apply`] of 8 lanes with a right shift (`t = 31 - shift` in `31..=62`):
+/// even and odd lanes as 64-bit products by `q` (`vpmuldq`), plus `2^(t - 1)`, shifted
+/// right by `t` (a logical shift, with the sign's ones put back above bit `63 - t`:
+/// AVX2 has no 64-bit arithmetic shift). The results fit i32.
 ///
 /// # Safety
 /// AVX2 present.
 #[inline(always)]
-unsafe fn doubling_high_mul(a: __m256i, q: __m256i) -> __m256i {
+unsafe fn mul_round_shift(a: __m256i, q: __m256i, t: i32) -> __m256i {
     let zero = _mm256_setzero_si256();
-    let (up, down) = (
-        _mm256_set1_epi64x(1 << 30),
-        _mm256_set1_epi64x(1 - (1 << 30)),
-    );
-    let fix = _mm256_set1_epi64x((1 << 31) - 1);
-    let high = |p: __m256i| {
-        let v = _mm256_add_epi64(p, _mm256_blendv_epi8(up, down, _mm256_cmpgt_epi64(zero, p)));
-        let v = _mm256_add_epi64(v, _mm256_and_si256(fix, _mm256_cmpgt_epi64(zero, v)));
-        _mm256_srli_epi64::<31>(v)
+    let round = _mm256_set1_epi64x(1i64 << (t - 1));
+    let (right, back) = (_mm_cvtsi32_si128(t), _mm_cvtsi32_si128(64 - t));
+    let one = |p: __m256i| {
+        let v = _mm256_add_epi64(p, round);
+        let sign = _mm256_cmpgt_epi64(zero, v);
+        _mm256_or_si256(_mm256_srl_epi64(v, right), _mm256_sll_epi64(sign, back))
     };
-    let even = high(_mm256_mul_epi32(a, q));
-    let odd = high(_mm256_mul_epi32(_mm256_srli_epi64::<32>(a), q));
+    let even = one(_mm256_mul_epi32(a, q));
+    let odd = one(_mm256_mul_epi32(_mm256_srli_epi64::<32>(a), q));
     _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd))
 }
 
@@ -264,29 +262,18 @@ pub(crate) unsafe fn store_row_avx2(acc: &[i32], base: i32, r: Requant, out: Out
     use crate::int8::gemm::store_row_portable;
     assert_eq!(acc.len(), dst.len(), "int8 row lengths");
     let n = acc.len() / 8 * 8;
-    if r.shift > 0 || r.multiplier == i32::MIN || n == 0 {
+    if r.shift > 0 || n == 0 {
         return store_row_portable(acc, base, r, out, dst);
     }
-    let right = -r.shift;
-    let mask = ((1i64 << right) - 1) as i32;
-    let (maskv, half) = (_mm256_set1_epi32(mask), _mm256_set1_epi32(mask >> 1));
-    let count = _mm_cvtsi32_si128(right);
-    let (q, b, zero) = (
-        _mm256_set1_epi32(r.multiplier),
-        _mm256_set1_epi32(base),
-        _mm256_setzero_si256(),
-    );
+    let t = 31 - r.shift;
+    let (q, b) = (_mm256_set1_epi32(r.multiplier), _mm256_set1_epi32(base));
     let z = out.zero as i32;
     let lo = _mm256_set1_epi32(out.min as i32 - z);
     let hi = _mm256_set1_epi32(out.max as i32 - z);
     let zv = _mm256_set1_epi32(z);
     for i in (0..n).step_by(8) {
         let x = _mm256_add_epi32(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i), b);
-        let x = doubling_high_mul(x, q);
-        // rounding_shift: (x >> right) + (x & mask > mask / 2 + (x < 0))
-        let threshold = _mm256_sub_epi32(half, _mm256_cmpgt_epi32(zero, x));
-        let up = _mm256_cmpgt_epi32(_mm256_and_si256(x, maskv), threshold);
-        let v = _mm256_sub_epi32(_mm256_sra_epi32(x, count), up);
+        let v = mul_round_shift(x, q, t);
         let v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), zv);
         // every lane is in i8 range: the saturating packs are exact
         let v16 = _mm256_packs_epi32(v, v);

@@ -1,10 +1,11 @@
-//! Running a [`Program`]: the batch split into chunks of whole images over rayon's pool
-//! (images are independent), each chunk running the ops in order on its own i8 buffers,
-//! each buffer freed after its last reader; the logits dequantized at the end.
+//! Running a [`Program`]: image after image (images are independent), spread over
+//! rayon's pool for a batch, each running the ops in order on i8 buffers that are
+//! recycled after their last reader (a fresh allocation per op cost page faults); the
+//! logits dequantized at the end.
 
 use super::{Dense, Op, Program};
 use rayon::prelude::*;
-use splitnas_host::kernels::int8::{add, conv, pool, quant, OutQ, Quant, Requant};
+use splitnas_host::kernels::int8::{conv, pool, quant, Quant};
 
 impl Program {
     /// Logits `[n, classes]` of `n` images given as flat NCHW floats (`x.len()` is
@@ -12,34 +13,48 @@ impl Program {
     pub(crate) fn run(&self, x: &[f32], n: usize) -> Vec<f32> {
         let per_out = self.sizes[self.output.0];
         let mut y = vec![0f32; n * per_out];
-        if n == 0 {
-            return y;
-        }
-        let chunk = n.div_ceil(rayon::current_num_threads().clamp(1, n));
-        if chunk >= n {
-            self.run_chunk(x, n, &mut y);
+        if n <= 1 || rayon::current_num_threads() == 1 {
+            let mut spare = vec![];
+            for (yi, xi) in y.chunks_mut(per_out).zip(x.chunks(self.input)) {
+                self.run_image(xi, yi, &mut spare);
+            }
         } else {
-            y.par_chunks_mut(chunk * per_out)
-                .zip(x.par_chunks(chunk * self.input))
-                .for_each(|(yc, xc)| self.run_chunk(xc, xc.len() / self.input, yc));
+            y.par_chunks_mut(per_out)
+                .zip(x.par_chunks(self.input))
+                .for_each_init(Vec::new, |spare, (yi, xi)| self.run_image(xi, yi, spare));
         }
         y
     }
 
-    /// The program on `m` images.
-    fn run_chunk(&self, x: &[f32], m: usize, y: &mut [f32]) {
+    /// The program on one image, taking its buffers from `spare` and giving them back
+    /// (`SPLITNAS_PROFILE=1`: the time per kind of op on stderr).
+    fn run_image(&self, x: &[f32], y: &mut [f32], spare: &mut Vec<Vec<i8>>) {
+        let profile = std::env::var_os("SPLITNAS_PROFILE").is_some();
+        let mut times: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
         let mut vals: Vec<Vec<i8>> = vec![Vec::new(); self.sizes.len()];
         for (op, free) in self.ops.iter().zip(&self.free) {
+            let t0 = std::time::Instant::now();
             let out = op.out();
-            let mut buf = vec![0i8; m * self.sizes[out]];
-            run_op(op, &vals, x, m, &mut buf);
+            let mut buf = spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.resize(self.sizes[out], 0);
+            run_op(op, &vals, x, 1, &mut buf);
             vals[out] = buf;
             for &v in free {
-                vals[v] = Vec::new();
+                spare.push(std::mem::take(&mut vals[v]));
             }
+            if profile {
+                let e = times.entry(op.label()).or_default();
+                e.0 += t0.elapsed().as_secs_f64() * 1e3;
+                e.1 += 1;
+            }
+        }
+        for (k, (ms, c)) in &times {
+            eprintln!("{k:>24}: {ms:8.3} ms over {c} ops");
         }
         let (v, q) = self.output;
         quant::dequantize(&vals[v], &[q.scale], &[q.zero], 1, y);
+        spare.extend(vals.into_iter().filter(|b| b.capacity() > 0));
     }
 }
 
@@ -59,16 +74,10 @@ fn run_op(op: &Op, vals: &[Vec<i8>], input: &[f32], m: usize, y: &mut [i8]) {
             let c = vals[*x].len() / (m * hw);
             pool::global_avg(&vals[*x], [m, c, *hw], *q, y)
         }
-        Op::Add { a, b, q, relu, .. } => add::add(&vals[*a], &vals[*b], *q, *relu, y),
-        Op::Concat {
-            xs,
-            outer,
-            plane,
-            yq,
-            ..
-        } => {
+        Op::Add { a, b, q, relu, .. } => add(&vals[*a], &vals[*b], *q, *relu, y),
+        Op::Concat { xs, outer, yq, .. } => {
             let parts: Vec<(&[i8], Quant)> = xs.iter().map(|&(v, q)| (&vals[v][..], q)).collect();
-            add::concat(&parts, m * outer, *plane, *yq, y)
+            concat(&parts, m * outer, *yq, y)
         }
         Op::Slice {
             x, dims, ranges, ..
@@ -99,22 +108,108 @@ fn dense(d: &Dense, x: &[i8], m: usize, y: &mut [i8]) {
     }
 }
 
-/// `x` from `xq` to `yq`, clamped at real 0 when `relu`.
+/// `quant::quantize_one::<i8>(x, s, z)` written to vectorize: the same rounding (`x / s`
+/// clamped to `2^22`, plus `1.5 2^23`, whose bits then hold the integer) and the same
+/// codes for every non-NaN `x`.
+#[inline(always)]
+fn quantize(x: f32, s: f32, z: i32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    const LIM: f32 = 4_194_304.0;
+    let r = (x / s).max(-LIM).min(LIM) + MAGIC;
+    let i = r.to_bits() as i32 - MAGIC.to_bits() as i32;
+    (i + z).clamp(-128, 127) as i8
+}
+
+/// `quant::dequantize_one`: `(q - z) s`.
+#[inline(always)]
+fn dequantize(q: i8, s: f32, z: i32) -> f32 {
+    (q as i32 - z) as f32 * s
+}
+
+/// `x` from `xq` to `yq`, nothing below real 0 when `relu`: `Q(max(DQ(x), 0))` in the
+/// float path's f32 operations (so the same codes as its Relu between DQ and Q, and
+/// ONNX's), vectorized; a copy (or a clamp at the zero point) when the two agree.
 fn requant(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
-    if !relu {
-        return add::requantize(x, xq, yq, y);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { requant_avx2(x, xq, yq, relu, y) };
     }
-    let out = OutQ::relu(yq.zero);
+    requant_loops(x, xq, yq, relu, y)
+}
+
+/// `requant`'s loops compiled for AVX2 (8 lanes; the same f32 operations, so the same
+/// codes).
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn requant_avx2(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
+    requant_loops(x, xq, yq, relu, y)
+}
+
+#[inline(always)]
+fn requant_loops(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
     if xq == yq {
+        let lo = if relu { yq.zero } else { i8::MIN };
         for (d, &v) in y.iter_mut().zip(x) {
-            *d = v.max(yq.zero);
+            *d = v.max(lo);
         }
         return;
     }
-    let r = Requant::new(xq.scale as f64 / yq.scale as f64);
-    let zx = xq.zero as i32;
+    let lo = if relu { 0.0 } else { f32::MIN };
+    let (zx, zy) = (xq.zero as i32, yq.zero as i32);
     for (d, &v) in y.iter_mut().zip(x) {
-        *d = out.store(r.apply(v as i32 - zx));
+        *d = quantize(dequantize(v, xq.scale, zx).max(lo), yq.scale, zy);
+    }
+}
+
+/// `a + b` into `yq`: `Q(DQ(a) + DQ(b))` in the float path's f32 operations (the
+/// quantized sum ONNX defines, rounded half to even), vectorized; `relu` clamps at real
+/// 0. (The kernels' `add::add`, TFLite's fixed-point ADD, rounds its three steps half
+/// up: next to ties it differs from this by a step.)
+fn add(a: &[i8], b: &[i8], q: [Quant; 3], relu: bool, y: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { add_avx2(a, b, q, relu, y) };
+    }
+    add_loops(a, b, q, relu, y)
+}
+
+/// `add`'s loops compiled for AVX2 (8 lanes; the same f32 operations, so the same
+/// codes).
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_avx2(a: &[i8], b: &[i8], q: [Quant; 3], relu: bool, y: &mut [i8]) {
+    add_loops(a, b, q, relu, y)
+}
+
+#[inline(always)]
+fn add_loops(a: &[i8], b: &[i8], [qa, qb, qy]: [Quant; 3], relu: bool, y: &mut [i8]) {
+    let lo = if relu { 0.0 } else { f32::MIN };
+    let (za, zb, zy) = (qa.zero as i32, qb.zero as i32, qy.zero as i32);
+    for ((d, &va), &vb) in y.iter_mut().zip(a).zip(b) {
+        let real = dequantize(va, qa.scale, za) + dequantize(vb, qb.scale, zb);
+        *d = quantize(real.max(lo), qy.scale, zy);
+    }
+}
+
+/// Concatenation of `parts` (`[n, C_i plane]` each) into `yq`: each part copied, or
+/// requantized ([`requant`]) when its parameters differ.
+fn concat(parts: &[(&[i8], Quant)], n: usize, yq: Quant, y: &mut [i8]) {
+    let image = y.len() / n;
+    for (i, yi) in y.chunks_exact_mut(image).enumerate() {
+        let mut at = 0;
+        for &(x, xq) in parts {
+            let len = x.len() / n;
+            requant(&x[i * len..][..len], xq, yq, false, &mut yi[at..][..len]);
+            at += len;
+        }
     }
 }
 
@@ -153,7 +248,28 @@ fn pad(x: &[i8], dims: [usize; 3], pads: [(usize, usize); 3], fill: i8, y: &mut 
 /// `quantize(dequantize(q) a[c] + b[c])` per element of channel `c` (images `[C, inner]`,
 /// `C = a.len()`), with the f32 operations of the float path (DQ, then mul, then add,
 /// then Q), so both give the same codes.
-fn affine(x: &[i8], [xq, yq]: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
+fn affine(x: &[i8], q: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { affine_avx2(x, q, inner, a, b, y) };
+    }
+    affine_loops(x, q, inner, a, b, y)
+}
+
+/// `affine`'s loops compiled for AVX2 (8 lanes; the same f32 operations, so the same
+/// codes).
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn affine_avx2(x: &[i8], q: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
+    affine_loops(x, q, inner, a, b, y)
+}
+
+#[inline(always)]
+fn affine_loops(x: &[i8], [xq, yq]: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
     let run = a.len() * inner;
     for (xs, ys) in x.chunks_exact(run).zip(y.chunks_exact_mut(run)) {
         for (c, (xc, yc)) in xs
@@ -162,8 +278,8 @@ fn affine(x: &[i8], [xq, yq]: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y:
             .enumerate()
         {
             for (o, &v) in yc.iter_mut().zip(xc) {
-                let real = quant::dequantize_one(v, xq.scale, xq.zero);
-                *o = quant::quantize_one(real * a[c] + b[c], yq.scale, yq.zero);
+                let real = dequantize(v, xq.scale, xq.zero as i32);
+                *o = quantize(real * a[c] + b[c], yq.scale, yq.zero as i32);
             }
         }
     }

@@ -108,19 +108,10 @@ impl<B: Backend> Lower<'_, '_, B> {
             return Err(bad(n, "a concatenation along the batch"));
         }
         let a = axis as usize - 1;
-        let (outer, plane) = (yd[..a].iter().product(), yd[a + 1..].iter().product());
+        let outer = yd[..a].iter().product();
         let (q, yq) = self.need_out_q(n)?;
         let y = self.value(yd.iter().product());
-        self.emit_q(
-            q,
-            Op::Concat {
-                xs,
-                y,
-                outer,
-                plane,
-                yq,
-            },
-        );
+        self.emit_q(q, Op::Concat { xs, y, outer, yq });
         Ok(())
     }
 

@@ -4,8 +4,14 @@
 //!
 //! [`lower`] turns the loaded graph into a [`Program`] of [`Op`]s at load time, or says
 //! why it cannot (the model then runs on the float path); [`exec`] runs a program on a
-//! batch, images split over rayon's pool. Values are i8 buffers; a value's quantization
+//! batch, images spread over rayon's pool. Values are i8 buffers; a value's quantization
 //! (`real = scale (q - zero)`) is known at load time and baked into the ops reading it.
+//!
+//! Arithmetic: convolutions and dense layers sum in int32 and requantize with the
+//! kernels' fixed-point multipliers (one rounding of a 64-bit product); pools sum in
+//! int32 likewise; the elementwise requantizations (Relu, Add, Concat, a Q after a DQ of
+//! other parameters) and the float islands compute `Q(f(DQ(x)))` in f32 with the float
+//! path's own operations, so they give its codes exactly.
 
 mod dense;
 mod exec;
@@ -136,6 +142,7 @@ pub(crate) enum Op {
         hw: usize,
         q: [Quant; 2],
     },
+    /// `Q(DQ(a) + DQ(b))` in f32, clamped at real 0 with `relu`.
     Add {
         a: usize,
         b: usize,
@@ -143,12 +150,12 @@ pub(crate) enum Op {
         q: [Quant; 3],
         relu: bool,
     },
-    /// Concatenation: per image `outer` blocks of each part's `C_i plane` elements.
+    /// Concatenation: per image `outer` blocks of each part's elements (`C_i` times
+    /// the product of the dimensions after the axis).
     Concat {
         xs: Vec<(usize, Quant)>,
         y: usize,
         outer: usize,
-        plane: usize,
         yq: Quant,
     },
     /// Strided box of an image `[d0, d1, d2]`: per axis (start, step, count).
@@ -194,6 +201,29 @@ impl Op {
             | Op::Slice { y, .. }
             | Op::Pad { y, .. }
             | Op::Affine { y, .. } => *y,
+        }
+    }
+
+    /// A short name of the op and its shape (`SPLITNAS_PROFILE`).
+    pub fn label(&self) -> String {
+        match self {
+            Op::Dense(d) => match &d.conv {
+                Some((g, groups)) if *groups == g.c && *groups > 1 => {
+                    format!("int8 depthwise k{} s{}", g.kh, g.sh)
+                }
+                Some((g, groups)) => format!("int8 conv k{} s{} g{groups}", g.kh, g.sh),
+                None => "int8 gemm".into(),
+            },
+            Op::Quantize { .. } => "quantize".into(),
+            Op::Requant { relu, .. } => format!("requant relu={relu}"),
+            Op::MaxPool { .. } => "max pool".into(),
+            Op::AvgPool { .. } => "avg pool".into(),
+            Op::GlobalAvg { .. } => "global avg".into(),
+            Op::Add { .. } => "add".into(),
+            Op::Concat { .. } => "concat".into(),
+            Op::Slice { .. } => "slice".into(),
+            Op::Pad { .. } => "pad".into(),
+            Op::Affine { .. } => "float affine".into(),
         }
     }
 

@@ -1,7 +1,8 @@
-//! Hand references for the int8 engine's tests: the ONNX QuantizeLinear formula, a naive
+//! Hand references for the int8 engine's tests: the ONNX QuantizeLinear /
+//! DequantizeLinear formulas (elementwise requantizations: Relu, Add, Concat), a naive
 //! grouped convolution on integer codes, windows of pools, and the stores of the
-//! TFLite / QLinearConv arithmetic (the fixed-point `Requant` of the kernel crate defines
-//! the rounding of a requantization; everything else here is written out).
+//! QLinearConv arithmetic (the kernel crate's fixed-point `Requant` defines the rounding
+//! of an accumulator's requantization; everything else here is written out).
 
 use splitnas_host::kernels::int8::Requant;
 
@@ -24,17 +25,12 @@ pub fn store(v: i32, z: i32, relu: bool) -> i32 {
     (v + z).clamp(if relu { z } else { -128 }, 127)
 }
 
-/// `x` codes from `(sx, zx)` to `(sy, zy)` with the fixed-point multiplier `sx / sy`.
+/// `x` codes from `(sx, zx)` to `(sy, zy)`: `Q(DQ(x))`, `Q(max(DQ(x), 0))` with a ReLU
+/// (the ONNX formulas in f32).
 pub fn requant(x: &[i32], (sx, zx): (f32, i32), (sy, zy): (f32, i32), relu: bool) -> Vec<i32> {
-    if (sx, zx) == (sy, zy) {
-        return x
-            .iter()
-            .map(|&v| if relu { v.max(zy) } else { v })
-            .collect();
-    }
-    let r = Requant::new(sx as f64 / sy as f64);
+    let lo = if relu { 0.0 } else { f32::MIN };
     x.iter()
-        .map(|&v| store(r.apply(v - zx), zy, relu))
+        .map(|&v| q(((v - zx) as f32 * sx).max(lo), sy, zy))
         .collect()
 }
 
