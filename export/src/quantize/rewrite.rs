@@ -384,3 +384,18 @@ pub(crate) fn rewrite(
     }
     Ok((out, w.counts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_are_recognized() {
+        for name in ["t0", "t12q", "w3s", "b40d", "c7", "t1z"] {
+            assert!(generated_like(name), "{name}");
+        }
+        for name in ["input", "logits", "t", "tq", "x1", "t1qq", "t1x", "w-1"] {
+            assert!(!generated_like(name), "{name}");
+        }
+    }
+}
