@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 use cmd::args::UnknownValue;
-use cmd::{bench, compare, export, genotype, plot, quickstart, run, search, train};
+use cmd::{bench, compare, export, genotype, plot, quantize, quickstart, run, search, train};
 use splitnas_runtime::cli::{report, UnknownDevice};
 
 /// mimalloc instead of the system allocator: Burn allocates a fresh buffer for
@@ -36,6 +36,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Export a trained run (or a genotype with seeded weights) to one ONNX file.
     Export(export::ExportArgs),
+    /// Quantize a float ONNX file to int8 (QDQ), calibrated on training images.
+    Quantize(quantize::QuantizeArgs),
     /// Run an ONNX file with Burn on images or a .npy tensor and print the top classes.
     Run(run::RunArgs),
     /// Inspect genotypes.
@@ -103,6 +105,7 @@ fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
         Some(Command::Search(a)) => search::run(a),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Export(a)) => export::run(a),
+        Some(Command::Quantize(a)) => quantize::run(a),
         Some(Command::Run(a)) => run::run(a),
         Some(Command::Genotype(c)) => genotype::run(c),
         Some(Command::Bench(c)) => bench::run(c),

@@ -71,6 +71,9 @@ pub(crate) fn from_bytes<B: Backend>(
     load(bytes, device, true).map(|(model, _)| model)
 }
 
+/// `(name, value id)` of every run-time value.
+pub(crate) type Names = Vec<(String, usize)>;
+
 /// Builds a [`Model`] and names every run-time value: `(name, value id)` for the graph
 /// input and each node output that is a run-time value (aliases included), sorted by id
 /// then name. `fuse`: fold ReLU -> Conv pairs (off for [`crate::observe`], which reports
@@ -79,7 +82,7 @@ pub(crate) fn load<B: Backend>(
     bytes: &[u8],
     device: &B::Device,
     fuse: bool,
-) -> Result<(Model<B>, Vec<(String, usize)>), RuntimeError> {
+) -> Result<(Model<B>, Names), RuntimeError> {
     check_wire(bytes)?;
     let model =
         ModelProto::parse_from_bytes(bytes).map_err(|e| RuntimeError::Decode(e.to_string()))?;
@@ -124,7 +127,7 @@ pub(crate) fn load<B: Backend>(
     if fuse {
         plan::fuse_relus(&mut cx.plan, output);
     }
-    let mut names: Vec<(String, usize)> = cx
+    let mut names: Names = cx
         .known
         .iter()
         .filter_map(|(name, k)| match k {

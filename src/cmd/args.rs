@@ -1,6 +1,7 @@
 //! Flag groups several commands share (`#[command(flatten)]`; their structs carry no doc
 //! comment, which clap would take for the command's about text) and the named values of
-//! `--dataset`, `--selector` and `--order` (`--device` is the runtime's `DeviceArg`).
+//! `--dataset`, `--selector`, `--order` and `--method` (`--device` is the runtime's
+//! `DeviceArg`).
 //!
 //! A named value that matches none of its choices fails with the message the commands
 //! have always printed (`--dataset: unknown data set 'x' (expected ...)`, exit code 1)
@@ -24,6 +25,19 @@ pub struct DataArgs {
     /// fashion-mnist, mnist, cifar10, cifar100 or synthetic.
     #[arg(long, value_parser = choice::<Dataset>(), hide_possible_values = true)]
     pub dataset: Dataset,
+    /// Directory with the data files (fashion-mnist default: /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+// `--dataset` where the command has a default for it (`quantize`: the file's metadata),
+// and `--data-dir`.
+#[derive(Args)]
+pub struct OptionalDataArgs {
+    /// fashion-mnist, mnist, cifar10, cifar100 or synthetic (default: the data set the
+    /// file's metadata names).
+    #[arg(long, value_parser = choice::<Dataset>(), hide_possible_values = true)]
+    pub dataset: Option<Dataset>,
     /// Directory with the data files (fashion-mnist default: /usr/share/datasets/fashion-mnist).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -278,6 +292,31 @@ impl From<Order> for LibOrder {
         match o {
             Order::First => LibOrder::First,
             Order::Second => LibOrder::Second,
+        }
+    }
+}
+
+/// `--method` of `quantize`: how activation ranges are calibrated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QuantMethod {
+    /// The observed minimum and maximum.
+    #[value(name = "minmax", aliases = ["min-max", "min_max"])]
+    MinMax,
+    /// The 99.99% two-sided percentile range.
+    Percentile,
+    /// KL-divergence (entropy) calibration, as TensorRT.
+    #[value(alias = "kl")]
+    Entropy,
+}
+choice!(QuantMethod, "method");
+
+impl From<QuantMethod> for splitnas_export::quantize::Method {
+    fn from(m: QuantMethod) -> Self {
+        use splitnas_export::quantize::Method;
+        match m {
+            QuantMethod::MinMax => Method::MinMax,
+            QuantMethod::Percentile => Method::Percentile,
+            QuantMethod::Entropy => Method::Entropy,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! ("the batch size", "the partial factor K"), the commands name the flag that sets it.
 
 use anyhow::anyhow;
+use splitnas_export::quantize::QuantizeError;
 use splitnas_models::{NetworkError, NetworkSize};
 use splitnas_search::data::DataError;
 use splitnas_search::device::DeviceError;
@@ -147,4 +148,29 @@ pub fn device(e: DeviceError) -> anyhow::Error {
         _ => "--device".into(),
     };
     anyhow::Error::new(e).context(flag)
+}
+
+/// A data set that cannot be read, its directory named by `dir_flag`.
+pub fn data(e: DataError, dir_flag: &str) -> anyhow::Error {
+    match e {
+        DataError::Missing { path, dataset } => anyhow!(
+            "{}: file not found ({})",
+            path.display(),
+            dataset.missing_hint(dir_flag)
+        ),
+        e => e.into(),
+    }
+}
+
+/// A quantization error under the flags of `splitnas quantize`.
+pub fn quantize(e: QuantizeError) -> anyhow::Error {
+    match e {
+        QuantizeError::NoCalibration => {
+            anyhow!("--calibration-images: must be at least 1 (got 0)")
+        }
+        QuantizeError::NonFinite { tensor, value } => anyhow!(
+            "tensor '{tensor}' is {value} on the calibration images (--dataset, --data-dir, --seed draw them): its range is not finite"
+        ),
+        e => e.into(),
+    }
 }

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod export;
 pub mod genotype;
 pub mod plot;
+pub mod quantize;
 pub mod quickstart;
 pub mod run;
 pub mod search;

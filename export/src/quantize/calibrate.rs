@@ -192,14 +192,14 @@ pub fn quantile(hist: &[u64], start: f64, width: f64, q: f64) -> f64 {
     start + hist.len() as f64 * width
 }
 
-/// TensorRT's entropy calibration ("8-bit Inference with TensorRT", Migacz, GTC 2017) on a
-/// histogram of `|x|`: for each candidate `i` in `levels..=hist.len()`, the reference P is
-/// the first `i` bins with the outliers (the count of bins `i..`) added to bin `i - 1`, and
-/// the candidate Q is the first `i` bins merged into `levels` groups (bin `j` into group
-/// `j * levels / i`, so group sizes differ by at most one, as NVIDIA's pytorch-quantization
-/// splits them), each group's count spread evenly over its bins that are non-zero in P; returns the `i` with the smallest [`divergence`] (the
-/// largest `i` on a tie: the least clipping). The threshold is the upper edge of bin
-/// `i - 1`.
+/// TensorRT's entropy calibration ("8-bit Inference with TensorRT", Migacz, GTC 2017) as
+/// NVIDIA's pytorch-quantization computes it (`_compute_amax_entropy`), on a histogram of
+/// `|x|`: for each candidate `i` in `levels..=hist.len()`, the reference P is the first
+/// `i` bins with the outliers (the count of bins `i..`) added to bin `i - 1`; the candidate
+/// Q is the first `i` bins merged into `levels` groups (bin `j` into group
+/// `j * levels / i`), each group's count spread evenly over its non-empty bins. Returns
+/// the `i` with the smallest [`divergence`] (the largest `i` on a tie: the least
+/// clipping); the threshold is the upper edge of bin `i - 1`.
 pub fn entropy_bins(hist: &[u64], levels: usize) -> usize {
     let bins = hist.len();
     if levels == 0 || bins <= levels || hist.iter().all(|&c| c == 0) {
@@ -215,8 +215,9 @@ pub fn entropy_bins(hist: &[u64], levels: usize) -> usize {
     best.1
 }
 
-/// KL(P || Q) of candidate `i` (see [`entropy_bins`]), both distributions smoothed
-/// first as MXNet / TVM do (a zero bin gets 1e-4, taken evenly from the non-zero ones).
+/// KL(P || Q) of candidate `i` (see [`entropy_bins`]); infinite when Q is 0 where P is
+/// not (a threshold in an empty stretch with outliers beyond it), so a tail separated by
+/// a gap is never cut there.
 pub fn divergence(hist: &[u64], i: usize, levels: usize) -> f64 {
     let mut p: Vec<f64> = hist[..i].iter().map(|&c| c as f64).collect();
     p[i - 1] += hist[i..].iter().sum::<u64>() as f64;
@@ -226,42 +227,29 @@ pub fn divergence(hist: &[u64], i: usize, levels: usize) -> f64 {
         // bins j with j * levels / i == g
         let end = ((g + 1) * i).div_ceil(levels).min(i);
         let sum: f64 = hist[start..end].iter().map(|&c| c as f64).sum();
-        let nonzero = (start..end).filter(|&j| p[j] != 0.0).count();
+        let nonzero = (start..end).filter(|&j| hist[j] != 0).count();
         if nonzero > 0 {
-            for j in (start..end).filter(|&j| p[j] != 0.0) {
+            for j in (start..end).filter(|&j| hist[j] != 0) {
                 q[j] = sum / nonzero as f64;
             }
         }
         start = end;
     }
-    if !smooth(&mut p) || !smooth(&mut q) {
+    let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
+    if sp == 0.0 || sq == 0.0 {
         return f64::INFINITY;
     }
-    let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
-    p.iter()
-        .zip(&q)
-        .filter(|(pj, _)| **pj > 0.0)
-        .map(|(pj, qj)| {
+    let mut kl = 0.0;
+    for (pj, qj) in p.iter().zip(&q) {
+        if *pj > 0.0 {
+            if *qj == 0.0 {
+                return f64::INFINITY;
+            }
             let (pj, qj) = (pj / sp, qj / sq);
-            pj * (pj / qj).ln()
-        })
-        .sum()
-}
-
-/// Gives each zero bin `EPS` and takes as much from the non-zero bins evenly; false when
-/// every bin is zero.
-fn smooth(d: &mut [f64]) -> bool {
-    const EPS: f64 = 1e-4;
-    let zeros = d.iter().filter(|&&v| v == 0.0).count();
-    let nonzero = d.len() - zeros;
-    if nonzero == 0 {
-        return false;
+            kl += pj * (pj / qj).ln();
+        }
     }
-    let take = EPS * zeros as f64 / nonzero as f64;
-    for v in d.iter_mut() {
-        *v = if *v == 0.0 { EPS } else { *v - take };
-    }
-    true
+    kl
 }
 
 #[cfg(test)]
@@ -392,19 +380,26 @@ mod tests {
     }
 
     #[test]
-    fn entropy_clips_a_long_tail() {
-        // a ReLU-like tensor: 1,000,000 values in [0, 1) (dense), 10 at 100: the threshold
-        // falls far below 100 and at or above the dense part's end. With 256 levels on a
-        // 2048-bin |x| histogram it cannot fall below 256 bins (100 / 8 = 12.5), where
-        // nothing of the dense part is merged and the outliers cost KL 1e-5 ln(1e5);
-        // merging the dense part (i > 256) costs more
-        let mut values: Vec<f32> = (0..1_000_000).map(|i| (i % 1000) as f32 / 1000.0).collect();
-        values.extend([100.0; 10]);
+    fn entropy_cuts_a_thin_tail_but_not_across_a_gap() {
+        // exponential values (mean 1; 1,000,000 quantiles, the largest 14.5): the long thin
+        // tail is cut, the bulk is kept (the 99.9% quantile is ln(1000) = 6.9)
+        let values: Vec<f32> = (0..1_000_000)
+            .map(|i| -((i as f64 + 0.5) / 1e6).ln() as f32)
+            .collect();
         let mut s = TensorStats::default();
         s.observe_range(&values).unwrap();
         s.observe_histogram(&values);
         let (lo, hi) = s.range(Method::Entropy);
         assert_eq!(lo, 0.0);
-        assert!((12.5..25.0).contains(&hi), "{hi}");
+        assert!((6.9..12.0).contains(&hi), "hi={hi}");
+        // a ReLU-like tensor: 1,000,000 values dense in [0, 1) and 10 at 100 beyond an
+        // empty stretch: every threshold in the stretch has Q = 0 where P holds the
+        // outliers (KL infinite), so nothing is cut
+        let mut values: Vec<f32> = (0..1_000_000).map(|i| (i % 1000) as f32 / 1000.0).collect();
+        values.extend([100.0; 10]);
+        let mut s = TensorStats::default();
+        s.observe_range(&values).unwrap();
+        s.observe_histogram(&values);
+        assert_eq!(s.range(Method::Entropy), (0.0, 100.0));
     }
 }

@@ -202,13 +202,6 @@ pub fn quantize(
         original
     };
     let stats = collect(&observed, calibration, image, opts)?;
-    let params: HashMap<String, QParams> = stats
-        .iter()
-        .map(|(name, s)| {
-            let (lo, hi) = s.range(opts.method);
-            (name.clone(), calibrate::qparams(lo, hi))
-        })
-        .collect();
     let g = model
         .graph
         .as_ref()
@@ -222,6 +215,20 @@ pub fn quantize(
         .ok_or_else(|| QuantizeError::Internal("no image input".into()))?
         .name
         .clone();
+    let params: HashMap<String, QParams> = stats
+        .iter()
+        .map(|(name, s)| {
+            // the input is the normalized image: every pixel value matters (entropy would
+            // cut Fashion-MNIST's bright pixels, the tail beyond the background's spike)
+            let method = if *name == input {
+                Method::MinMax
+            } else {
+                opts.method
+            };
+            let (lo, hi) = s.range(method);
+            (name.clone(), calibrate::qparams(lo, hi))
+        })
+        .collect();
     let (qg, counts) = rewrite::rewrite(g, &input, &params)?;
     let nodes = qg.node.len();
     let out = qdq_model(&model, qg, n_images, opts);
