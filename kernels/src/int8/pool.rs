@@ -100,9 +100,9 @@ pub fn max(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
     #[cfg(target_arch = "x86_64")]
     if matches!(crate::arch::level(), Level::Avx2 | Level::Avx512) {
         // SAFETY: the CPU has AVX2 (`arch::level`).
-        return unsafe { max_avx2(x, n, g, y) };
+        return unsafe { max_avx2(x, g, y) };
     }
-    max_loops(x, n, g, y)
+    max_loops(x, g, y)
 }
 
 /// [`max`]'s loops compiled for AVX2 (byte maxima 32 lanes a step; the baseline x86_64
@@ -112,12 +112,12 @@ pub fn max(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
 /// AVX2 present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn max_avx2(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
-    max_loops(x, n, g, y)
+unsafe fn max_avx2(x: &[i8], g: &Geom, y: &mut [i8]) {
+    max_loops(x, g, y)
 }
 
 #[inline(always)]
-fn max_loops(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
+fn max_loops(x: &[i8], g: &Geom, y: &mut [i8]) {
     let spans = g.col_spans();
     planes(x, g, y, |src, o, _| {
         for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
@@ -178,9 +178,9 @@ pub fn avg(x: &[i8], n: usize, g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut
     #[cfg(target_arch = "x86_64")]
     if matches!(crate::arch::level(), Level::Avx2 | Level::Avx512) {
         // SAFETY: the CPU has AVX2 (`arch::level`).
-        return unsafe { avg_avx2(x, n, g, count_pad, q, y) };
+        return unsafe { avg_avx2(x, g, count_pad, q, y) };
     }
-    avg_loops(x, n, g, count_pad, q, y)
+    avg_loops(x, g, count_pad, q, y)
 }
 
 /// [`avg`]'s loops compiled for AVX2: the same integers.
@@ -189,12 +189,12 @@ pub fn avg(x: &[i8], n: usize, g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut
 /// AVX2 present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avg_avx2(x: &[i8], n: usize, g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut [i8]) {
-    avg_loops(x, n, g, count_pad, q, y)
+unsafe fn avg_avx2(x: &[i8], g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut [i8]) {
+    avg_loops(x, g, count_pad, q, y)
 }
 
 #[inline(always)]
-fn avg_loops(x: &[i8], n: usize, g: &Geom, count_pad: bool, [xq, yq]: [Quant; 2], y: &mut [i8]) {
+fn avg_loops(x: &[i8], g: &Geom, count_pad: bool, [xq, yq]: [Quant; 2], y: &mut [i8]) {
     let spans = g.col_spans();
     let div = Divide::new(xq, yq, g.kh * g.kw);
     let counts: Vec<i32> = (0..g.plane_out())

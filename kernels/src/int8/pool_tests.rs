@@ -125,6 +125,10 @@ proptest! {
         let x = i8s(&mut rng, n * g.c * g.plane_in());
         let mut y = vec![0i8; n * g.c * g.plane_out()];
         max(&x, n, &g, &mut y);
+        // The dispatched path (AVX2 here when the CPU has it) equals the portable loops.
+        let mut portable = vec![0i8; y.len()];
+        max_loops(&x, &g, &mut portable);
+        prop_assert_eq!(&y, &portable);
         for (i, &got) in y.iter().enumerate() {
             let (p, o) = (i / g.plane_out(), i % g.plane_out());
             let want = *window(&x, &g, p, o / g.ow, o % g.ow).iter().max().unwrap();
@@ -143,6 +147,9 @@ proptest! {
         let yq = Quant::new(if rescale { 0.02 * libm::exp2f(rng.unit()) } else { 0.02 }, z[1] / 2);
         let mut y = vec![0i8; n * g.c * g.plane_out()];
         avg(&x, n, &g, count_pad, [xq, yq], &mut y);
+        let mut portable = vec![0i8; y.len()];
+        avg_loops(&x, &g, count_pad, [xq, yq], &mut portable);
+        prop_assert_eq!(&y, &portable, "dispatched vs portable");
         for (i, &got) in y.iter().enumerate() {
             let (p, o) = (i / g.plane_out(), i % g.plane_out());
             let win = window(&x, &g, p, o / g.ow, o % g.ow);
