@@ -66,7 +66,9 @@ impl<'a> Plan<'a> {
                     return Err(shape(y, "length differs from an input's"));
                 }
             }
-            Op::Concat { y, outer, parts, .. } => {
+            Op::Concat {
+                y, outer, parts, ..
+            } => {
                 let yt = t(y)?;
                 if outer == 0 {
                     return Err(bad("a concatenation of 0 blocks"));
@@ -84,12 +86,7 @@ impl<'a> Plan<'a> {
                     return Err(shape(y, "length is not the parts' sum"));
                 }
             }
-            Op::Slice {
-                x,
-                y,
-                dims,
-                ranges,
-            } => {
+            Op::Slice { x, y, dims, ranges } => {
                 if dims.contains(&0) || prod(&dims) != Some(t(x)?.len as u64) {
                     return Err(shape(x, "length is not its dims' product"));
                 }
@@ -103,7 +100,9 @@ impl<'a> Plan<'a> {
                     return Err(shape(y, "length is not the slice's"));
                 }
             }
-            Op::Pad { x, y, dims, pads, .. } => {
+            Op::Pad {
+                x, y, dims, pads, ..
+            } => {
                 if dims.contains(&0) || prod(&dims) != Some(t(x)?.len as u64) {
                     return Err(shape(x, "length is not its dims' product"));
                 }
@@ -168,7 +167,12 @@ impl<'a> Plan<'a> {
                 d.k as u64
             }
         };
-        limit(op, "products per output channel", k.min(u32::MAX as u64) as usize, MAX_K)?;
+        limit(
+            op,
+            "products per output channel",
+            k.min(u32::MAX as u64) as usize,
+            MAX_K,
+        )?;
         self.consts_at(op, d.weights, d.m as u64 * k, 1)?;
         if d.bias != NONE {
             self.consts_at(op, d.bias, d.m as u64 * 4, 4)?;
@@ -220,7 +224,9 @@ impl<'a> Plan<'a> {
 
 /// A window's sizes: non-zero channels, input, kernel, strides, dilations and output.
 fn check_window(op: usize, g: &Geom) -> Result<(), PlanError> {
-    let sizes = [g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow];
+    let sizes = [
+        g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow,
+    ];
     if sizes.contains(&0) {
         return Err(PlanError::OpArgs {
             op,

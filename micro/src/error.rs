@@ -185,7 +185,9 @@ impl fmt::Display for PlanError {
                 f,
                 "op {op} writes tensor {output} over tensor {input} it reads"
             ),
-            Unwritten { op, tensor } => write!(f, "op {op} reads tensor {tensor} before it is written"),
+            Unwritten { op, tensor } => {
+                write!(f, "op {op} reads tensor {tensor} before it is written")
+            }
             Overlap { a, b } => write!(f, "tensors {a} and {b} are alive together and overlap"),
         }
     }

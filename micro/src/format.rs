@@ -376,7 +376,10 @@ pub(crate) fn decode(op: usize, code: u16, words: Words<'_>) -> Result<Op<'_>, P
 /// Part `i` of a concatenation: tensor and quantization (decoded once already).
 pub(crate) fn concat_part(parts: Words<'_>, i: usize) -> (TensorId, Quant) {
     let t = parts.get(3 * i) as TensorId;
-    let q = Quant::new(f32::from_bits(parts.get(3 * i + 1)), parts.get(3 * i + 2) as i8);
+    let q = Quant::new(
+        f32::from_bits(parts.get(3 * i + 1)),
+        parts.get(3 * i + 2) as i8,
+    );
     (t, q)
 }
 

@@ -120,9 +120,8 @@ impl<'a> Plan<'a> {
         }
         let (n_tensors, n_ops) = (u16_at(bytes, 20), u16_at(bytes, 22));
         let (ops_words, consts_len) = (u32_at(bytes, 44) as u64, u32_at(bytes, 48) as u64);
-        let sections = HEADER_LEN as u64 + n_tensors as u64 * TENSOR_LEN as u64
-            + 4 * ops_words
-            + consts_len;
+        let sections =
+            HEADER_LEN as u64 + n_tensors as u64 * TENSOR_LEN as u64 + 4 * ops_words + consts_len;
         if sections != len as u64 {
             return Err(PlanError::Length {
                 declared,
@@ -250,7 +249,9 @@ impl<'a> Plan<'a> {
 
     fn check_tensors(&self) -> Result<(), PlanError> {
         for id in 0..self.n_tensors {
-            let t = self.tensor(id).ok_or(PlanError::TensorShape { tensor: id })?;
+            let t = self
+                .tensor(id)
+                .ok_or(PlanError::TensorShape { tensor: id })?;
             if t.offset as u64 + t.len as u64 > self.arena_len as u64 {
                 return Err(PlanError::OutsideArena {
                     tensor: id,

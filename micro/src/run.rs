@@ -135,7 +135,10 @@ impl Plan<'_> {
                 }
             }
             Op::Slice {
-                x: xi, dims, ranges, ..
+                x: xi,
+                dims,
+                ranges,
+                ..
             } => {
                 let r = ranges.map(|r| (r.0 as usize, r.1 as usize, r.2 as usize));
                 elementwise::slice(x(xi), dims.map(|d| d as usize), r, y)

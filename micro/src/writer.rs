@@ -122,7 +122,10 @@ impl PlanWriter {
         let (zx, zy) = (d.zx as i32 as u32, d.out_zero as i32 as u32);
         let n = d.requant.len() as u32;
         let (relu, groups) = (d.relu as u32, d.groups);
-        [x as u32, y as u32, weights, bias, requant, n, zx, zy, relu, groups, m].to_vec()
+        [
+            x as u32, y as u32, weights, bias, requant, n, zx, zy, relu, groups, m,
+        ]
+        .to_vec()
     }
 
     /// Convolution of `x [C, H, W]` into `y [M, oh, ow]` over window `g`.
@@ -224,7 +227,9 @@ impl PlanWriter {
 
     /// The plan's bytes: header, tensor table, ops, constants, with the checksum.
     pub fn finish(&self) -> Vec<u8> {
-        let (input, iq, output, oq) = self.io.unwrap_or((0, Quant::new(1.0, 0), 0, Quant::new(1.0, 0)));
+        let (input, iq, output, oq) =
+            self.io
+                .unwrap_or((0, Quant::new(1.0, 0), 0, Quant::new(1.0, 0)));
         let arena = self.arena_len.unwrap_or_else(|| {
             self.tensors
                 .iter()
