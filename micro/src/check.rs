@@ -139,7 +139,7 @@ impl<'a> Plan<'a> {
         let bad = |what: &'static str| PlanError::OpArgs { op, what };
         let shape = |tensor: TensorId, what: &'static str| PlanError::Shape { op, tensor, what };
         let (xt, yt) = (self.tensor_checked(op, d.x)?, self.tensor_checked(op, d.y)?);
-        if d.m == 0 || d.groups == 0 || d.m % d.groups != 0 {
+        if d.m == 0 || d.groups == 0 || !d.m.is_multiple_of(d.groups) {
             return Err(bad("output channels not a positive multiple of the groups"));
         }
         let k = match d.geom {
@@ -207,7 +207,7 @@ impl<'a> Plan<'a> {
             len: len.min(u32::MAX as u64) as u32,
         };
         let end = offset as u64 + len;
-        if end > self.consts.len() as u64 || offset % align != 0 {
+        if end > self.consts.len() as u64 || !offset.is_multiple_of(align) {
             return Err(err);
         }
         Ok(&self.consts[offset as usize..end as usize])

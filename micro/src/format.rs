@@ -321,7 +321,7 @@ pub(crate) fn decode(op: usize, code: u16, words: Words<'_>) -> Result<Op<'_>, P
         code::CONCAT => {
             let (y, outer, yq, n) = (a.tensor()?, a.next()?, a.quant()?, a.next()?);
             let rest = a.w.len() - a.at;
-            if n == 0 || rest % 3 != 0 || rest / 3 != n as usize {
+            if n == 0 || !rest.is_multiple_of(3) || rest / 3 != n as usize {
                 return Err(a.bad("a concatenation's part count and words disagree"));
             }
             let parts = Words(&a.w.0[4 * a.at..]);

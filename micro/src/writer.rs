@@ -87,7 +87,7 @@ impl PlanWriter {
 
     /// Appends `bytes` to the blob at a 4-byte boundary; returns their offset.
     pub fn constant(&mut self, bytes: &[u8]) -> u32 {
-        while self.consts.len() % 4 != 0 {
+        while !self.consts.len().is_multiple_of(4) {
             self.consts.push(0);
         }
         let at = self.consts.len() as u32;

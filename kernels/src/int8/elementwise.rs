@@ -29,6 +29,8 @@ use super::Quant;
 pub fn quantize(x: f32, s: f32, z: i32) -> i8 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     const LIM: f32 = 4_194_304.0;
+    // not `clamp`: NaN goes to -LIM here (a valid code), `clamp` would keep it
+    #[allow(clippy::manual_clamp)]
     let r = (x / s).max(-LIM).min(LIM) + MAGIC;
     let i = r.to_bits() as i32 - MAGIC.to_bits() as i32;
     (i + z).clamp(-128, 127) as i8
@@ -162,7 +164,7 @@ pub fn concat(parts: &[(&[i8], Quant)], n: usize, yq: Quant, y: &mut [i8]) {
 pub fn affine(x: &[i8], q: [Quant; 2], inner: usize, a: &[f32], b: &[f32], y: &mut [i8]) {
     let run = a.len() * inner;
     assert!(
-        a.len() == b.len() && x.len() == y.len() && (run == 0 || x.len() % run == 0),
+        a.len() == b.len() && x.len() == y.len() && (run == 0 || x.len().is_multiple_of(run)),
         "int8 affine lengths"
     );
     #[cfg(all(target_arch = "x86_64", feature = "alloc"))]
@@ -227,7 +229,7 @@ pub fn slice(x: &[i8], dims: [usize; 3], r: [(usize, usize, usize); 3], y: &mut 
         "slice {r:?} of {dims:?}"
     );
     assert!(
-        image > 0 && out > 0 && x.len() % image == 0 && y.len() == x.len() / image * out,
+        image > 0 && out > 0 && x.len().is_multiple_of(image) && y.len() == x.len() / image * out,
         "slice lengths"
     );
     for (src, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(out)) {
@@ -253,7 +255,7 @@ pub fn pad(x: &[i8], dims: [usize; 3], pads: [(usize, usize); 3], fill: i8, y: &
     let od: [usize; 3] = core::array::from_fn(|a| dims[a] + pads[a].0 + pads[a].1);
     let (image, out) = (dims.iter().product::<usize>(), od.iter().product::<usize>());
     assert!(
-        image > 0 && x.len() % image == 0 && y.len() == x.len() / image * out,
+        image > 0 && x.len().is_multiple_of(image) && y.len() == x.len() / image * out,
         "pad lengths"
     );
     y.fill(fill);
