@@ -103,8 +103,25 @@ impl Geom {
     /// [`Geom::col_span`] of every kernel column (dilation `dw`). Computed once per call:
     /// recomputing them per row (two integer divisions each) cost more than the pooling
     /// itself on 32-wide planes.
+    #[cfg(feature = "alloc")]
     pub(crate) fn col_spans(&self) -> alloc::vec::Vec<(usize, usize, usize)> {
         (0..self.kw).map(|j| self.col_span(j * self.dw)).collect()
+    }
+
+    /// Whether the pooling kernels cover this window: a non-empty undilated kernel with a
+    /// non-zero stride, padding at most half the kernel, and at least one output (so
+    /// every window holds an image element). `crate::pool::supported` without `alloc`.
+    pub fn pool_supported(&self) -> bool {
+        self.kh > 0
+            && self.kw > 0
+            && self.sh > 0
+            && self.sw > 0
+            && self.dh == 1
+            && self.dw == 1
+            && 2 * self.pt <= self.kh
+            && 2 * self.pl <= self.kw
+            && self.oh > 0
+            && self.ow > 0
     }
 
     /// Input rows `[r0, r1)` of output row `oh` of an undilated window.

@@ -36,32 +36,45 @@
 //! 32-bit ARM runs the portable code (Rust's `core::arch::arm` NEON is unstable).
 //! The crate is `no_std` + `alloc`; the default `std` feature adds run-time CPU feature
 //! detection, rayon threads (where a layer is large enough to pay for them) and gemm's
-//! matrix product for 1x1 convolutions on CPUs without AVX-512.
+//! matrix product for 1x1 convolutions on CPUs without AVX-512. Without the `alloc`
+//! feature (`default-features = false`) only [`int8`]'s allocation-free entry points
+//! remain (`conv::conv_into`, `pool::max_into`, `elementwise`, ...): outputs and scratch
+//! in slices the caller owns, for a microcontroller without a heap.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(target_arch = "aarch64", feature = "alloc"))]
 mod aarch64;
+#[cfg(feature = "alloc")]
 pub mod affine;
 pub mod arch;
+#[cfg(feature = "alloc")]
 pub mod conv;
+#[cfg(feature = "alloc")]
 pub mod elementwise;
 mod geom;
 pub mod int8;
+#[cfg(feature = "alloc")]
 mod out;
+#[cfg(feature = "alloc")]
 mod par;
+#[cfg(feature = "alloc")]
 pub mod pool;
+#[cfg(feature = "alloc")]
 pub mod select;
+#[cfg(feature = "alloc")]
 mod window;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", feature = "alloc"))]
 mod x86_64;
 
 #[cfg(test)]
 mod testing;
 
 pub use geom::Geom;
+#[cfg(feature = "alloc")]
 pub use out::{fresh_vec, Fresh, Output};

@@ -21,16 +21,7 @@ use crate::Geom;
 /// Whether the pooling kernels cover window `g`: a non-empty undilated kernel with a
 /// non-zero stride, padding at most half the kernel, and at least one output.
 pub fn supported(g: &Geom) -> bool {
-    g.kh > 0
-        && g.kw > 0
-        && g.sh > 0
-        && g.sw > 0
-        && g.dh == 1
-        && g.dw == 1
-        && 2 * g.pt <= g.kh
-        && 2 * g.pl <= g.kw
-        && g.oh > 0
-        && g.ow > 0
+    g.pool_supported()
 }
 
 fn check(g: &Geom) {

@@ -19,6 +19,12 @@
 //!   (see `gemm.rs`: AVX2, AVX-512 VNNI, NEON) in blocks of 256 pixels whose sums stay in
 //!   cache, output channels split over rayon's pool when large.
 //!
+//! - **Without allocation** ([`conv_into`], [`gemm_into`]): the portable loops a
+//!   microcontroller runs, output row by output row into one row of caller-owned sums
+//!   ([`scratch_len`]), each tap's in-image span added as `w (x - zx)`. The sums are
+//!   the same integers as the packed paths' (`bias + sum w x - zx sum w`, wrapping), so
+//!   the outputs are identical; the tests compare them with `==`.
+//!
 //! # Preconditions
 //! The int32 sum `bias + sum (x - zx) w` must not overflow: each term is at most
 //! `255 * 128 = 32_640` in magnitude, so up to `32_000` taps per output channel
@@ -26,11 +32,14 @@
 //! Past that the sums wrap (the same way on every path: the SIMD paths' intermediate
 //! sums may wrap, their final value mod 2^32 is the same).
 
-use alloc::vec;
-use alloc::vec::Vec;
+#[cfg(feature = "alloc")]
+use alloc::{vec, vec::Vec};
 
-use super::gemm::{check_channels, dot, requant_of, store_row, Cols, Epilogue, Path, Weights};
+#[cfg(feature = "alloc")]
+use super::gemm::{dot, store_row, Cols, Epilogue, Path, Weights};
+use super::requant::{check_channels, requant_of, store_row_portable};
 use super::{OutQ, Requant};
+#[cfg(feature = "alloc")]
 use crate::window::PARALLEL_WORK;
 use crate::Geom;
 
@@ -47,6 +56,7 @@ pub struct Filter<'a> {
     pub groups: usize,
 }
 
+#[cfg(feature = "alloc")]
 /// Convolution of `x [n, C, H, W]` (zero point `zx`) with `f` into `y [n, M, oh, ow]`,
 /// `C = g.c` and `M = f.wt.len() / (C / groups kh kw)`.
 ///
@@ -57,6 +67,7 @@ pub fn conv(x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: OutQ, y: &mut 
     conv_with(Path::detect(), x, zx, n, g, f, out, y)
 }
 
+#[cfg(feature = "alloc")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_with(
     path: Path,
@@ -69,20 +80,7 @@ pub(crate) fn conv_with(
     y: &mut [i8],
 ) {
     let groups = f.groups;
-    assert!(
-        groups > 0 && g.c.is_multiple_of(groups),
-        "{groups} groups of {} channels",
-        g.c
-    );
-    let (cg, taps) = (g.c / groups, g.kh * g.kw);
-    let k = cg * taps;
-    assert!(
-        k > 0 && f.wt.len().is_multiple_of(k),
-        "int8 weight length {} for {k} taps per output channel",
-        f.wt.len()
-    );
-    let m = f.wt.len() / k;
-    assert_eq!(m % groups, 0, "{groups} groups of {m} output channels");
+    let (cg, k, m) = shape(g, &f);
     assert_eq!(x.len(), n * g.c * g.plane_in(), "int8 conv input length");
     assert_eq!(y.len(), n * m * g.plane_out(), "int8 conv output length");
     check_channels(m, f.bias, f.requant);
@@ -117,10 +115,12 @@ pub(crate) fn conv_with(
     }
 }
 
+#[cfg(feature = "alloc")]
 /// Pixels per block of the product: the block's sums (`rows x 256` i32) and columns stay
 /// in cache while every row of the block is computed.
 const BLOCK: usize = 256;
 
+#[cfg(feature = "alloc")]
 /// Output channels `[m0, m0 + yg.len() / p)` of one image (and group) from its packed
 /// columns, in blocks of [`BLOCK`] pixels, channels split over the pool when `parallel`.
 #[allow(clippy::too_many_arguments)]
@@ -161,6 +161,7 @@ fn product(
     });
 }
 
+#[cfg(feature = "alloc")]
 /// Row `r = (ci, i, j)` of the window columns `[cg kh kw, oh ow]` of planes
 /// `img [cg, H, W]`: input `(ci, oh sh + i dh - pt, ow sw + j dw - pl)` for every output,
 /// `zx` outside the image. `spans` is [`Geom::col_spans`].
@@ -204,6 +205,7 @@ fn window_row(
     }
 }
 
+#[cfg(feature = "alloc")]
 /// Fully connected layer: `y [n, M] = x [n, K] (zero point zx) times f.wt [M, K]^T`,
 /// bias, requantized per output channel (ONNX `Gemm` with `transB = 1` between
 /// `DequantizeLinear` and `QuantizeLinear`, or `QGemm`). `M = f.wt.len() / k`.
@@ -214,6 +216,7 @@ pub fn gemm(x: &[i8], zx: i8, [n, k]: [usize; 2], f: Filter, out: OutQ, y: &mut 
     gemm_with(Path::detect(), x, zx, [n, k], f, out, y)
 }
 
+#[cfg(feature = "alloc")]
 pub(crate) fn gemm_with(
     path: Path,
     x: &[i8],
@@ -246,6 +249,7 @@ pub(crate) fn gemm_with(
     }
 }
 
+#[cfg(feature = "alloc")]
 /// `acc[i] = sum_t w[t] x[off[t] + o0 + i]`: the portable depthwise row (and the SIMD
 /// rows' tails).
 #[inline]
@@ -259,6 +263,7 @@ pub(crate) fn taps_portable(x: &[i16], off: &[usize], w: &[i16], acc: &mut [i32]
     }
 }
 
+#[cfg(feature = "alloc")]
 /// `acc[o] = sum_t w[t] x[off[t] + o]` on `path`.
 fn taps(path: Path, x: &[i16], off: &[usize], w: &[i16], acc: &mut [i32]) {
     assert!(
@@ -276,6 +281,7 @@ fn taps(path: Path, x: &[i16], off: &[usize], w: &[i16], acc: &mut [i32]) {
     }
 }
 
+#[cfg(feature = "alloc")]
 /// Scratch of one depthwise worker: the padded plane, a plane of sums, the taps' offsets.
 struct Scratch {
     xp: Vec<i16>,
@@ -286,6 +292,7 @@ struct Scratch {
     wide: Vec<i32>,
 }
 
+#[cfg(feature = "alloc")]
 /// Depthwise convolution (`groups == C == M`), see the module doc.
 #[allow(clippy::too_many_arguments)]
 fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: OutQ, y: &mut [i8]) {
@@ -367,6 +374,124 @@ fn depthwise(path: Path, x: &[i8], zx: i8, n: usize, g: &Geom, f: Filter, out: O
         }
         store_row(path, &s.acc, b, rq, out, yo);
     });
+}
+
+/// The `i32`s of scratch [`conv_into`] needs for window `g`: one output row of sums.
+pub fn scratch_len(g: &Geom) -> usize {
+    g.ow
+}
+
+/// Output channels per input of a convolution with filter `f` over `g`: `(C / groups,
+/// taps per output channel K, M)`.
+///
+/// # Panics
+/// As [`conv_into`].
+fn shape(g: &Geom, f: &Filter) -> (usize, usize, usize) {
+    let groups = f.groups;
+    assert!(
+        groups > 0 && g.c.is_multiple_of(groups),
+        "{groups} groups of {} channels",
+        g.c
+    );
+    let cg = g.c / groups;
+    let k = cg * g.kh * g.kw;
+    assert!(
+        k > 0 && f.wt.len().is_multiple_of(k),
+        "int8 weight length {} for {k} taps per output channel",
+        f.wt.len()
+    );
+    let m = f.wt.len() / k;
+    assert_eq!(m % groups, 0, "{groups} groups of {m} output channels");
+    (cg, k, m)
+}
+
+/// [`conv`] without allocation: the same integers written into `y`, with `scratch`
+/// (at least [`scratch_len`]`(g)` values, contents ignored) for one row of sums; one
+/// thread, the portable loops (see the module doc).
+///
+/// # Panics
+/// As [`conv`], and when `scratch` is shorter than [`scratch_len`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_into(
+    x: &[i8],
+    zx: i8,
+    n: usize,
+    g: &Geom,
+    f: Filter,
+    out: OutQ,
+    y: &mut [i8],
+    scratch: &mut [i32],
+) {
+    let (cg, k, m) = shape(g, &f);
+    assert_eq!(x.len(), n * g.c * g.plane_in(), "int8 conv input length");
+    assert_eq!(y.len(), n * m * g.plane_out(), "int8 conv output length");
+    check_channels(m, f.bias, f.requant);
+    if y.is_empty() {
+        return;
+    }
+    let acc = &mut scratch[..scratch_len(g)];
+    let (mg, zx) = (m / f.groups, zx as i32);
+    let (plane_in, taps) = (g.plane_in(), g.kh * g.kw);
+    for (img, yi) in x
+        .chunks_exact(g.c * plane_in)
+        .zip(y.chunks_exact_mut(m * g.plane_out()))
+    {
+        for (mi, ym) in yi.chunks_exact_mut(g.plane_out()).enumerate() {
+            let src = &img[mi / mg * cg * plane_in..][..cg * plane_in];
+            let w = &f.wt[mi * k..][..k];
+            let (b, rq) = (f.bias.map_or(0, |b| b[mi]), requant_of(f.requant, mi));
+            for (oh, yrow) in ym.chunks_exact_mut(g.ow).enumerate() {
+                acc.fill(0);
+                for (plane, wc) in src.chunks_exact(plane_in).zip(w.chunks_exact(taps)) {
+                    for (i, wr) in wc.chunks_exact(g.kw).enumerate() {
+                        let ih = (oh * g.sh + i * g.dh).checked_sub(g.pt);
+                        let Some(ih) = ih.filter(|&ih| ih < g.h) else {
+                            continue;
+                        };
+                        let row = &plane[ih * g.w..][..g.w];
+                        for (j, &wv) in wr.iter().enumerate() {
+                            let (lo, hi, start) = g.col_span(j * g.dw);
+                            if lo >= hi.min(g.ow) {
+                                continue;
+                            }
+                            let (wv, src) = (wv as i32, row[start..].iter().step_by(g.sw));
+                            for (a, &v) in acc[lo..hi].iter_mut().zip(src) {
+                                *a = a.wrapping_add(wv * (v as i32 - zx));
+                            }
+                        }
+                    }
+                }
+                store_row_portable(acc, b, rq, out, yrow);
+            }
+        }
+    }
+}
+
+/// [`gemm`] without allocation (no scratch either): the same integers, one thread.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_into(x: &[i8], zx: i8, [n, k]: [usize; 2], f: Filter, out: OutQ, y: &mut [i8]) {
+    assert!(
+        k > 0 && f.wt.len().is_multiple_of(k),
+        "gemm weight length {}",
+        f.wt.len()
+    );
+    assert_eq!(f.groups, 1, "a fully connected layer has one group");
+    let m = f.wt.len() / k;
+    assert_eq!(x.len(), n * k, "gemm input length");
+    assert_eq!(y.len(), n * m, "gemm output length");
+    check_channels(m, f.bias, f.requant);
+    let zx = zx as i32;
+    for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(m.max(1))) {
+        for (mi, (d, w)) in yi.iter_mut().zip(f.wt.chunks_exact(k)).enumerate() {
+            let mut a = f.bias.map_or(0, |b| b[mi]);
+            for (&wv, &v) in w.iter().zip(xi) {
+                a = a.wrapping_add(wv as i32 * (v as i32 - zx));
+            }
+            *d = out.store(requant_of(f.requant, mi).apply(a));
+        }
+    }
 }
 
 #[cfg(test)]

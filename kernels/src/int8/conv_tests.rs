@@ -200,6 +200,10 @@ fn saturated_inputs_and_weights() {
                 conv_with(path, &x, zx, n, &g, f, OutQ::new(-5), &mut y);
                 assert_eq!(y, want, "{path:?} x {xv} zx {zx} w {wv}");
             }
+            let mut y = vec![0i8; acc.len()];
+            let mut scratch = vec![0; scratch_len(&g)];
+            conv_into(&x, zx, n, &g, f, OutQ::new(-5), &mut y, &mut scratch);
+            assert_eq!(y, want, "conv_into x {xv} zx {zx} w {wv}");
         }
     }
 }
@@ -295,6 +299,11 @@ proptest! {
             conv_with(path, &x, case.zx, n, &g, f, case.out, &mut got);
             prop_assert_eq!(&got, &want, "{:?} groups {} m {} {:?}", path, groups, m, g);
         }
+        // without allocation: caller scratch (dirty, and longer than needed)
+        let mut got = vec![0i8; len];
+        let mut scratch = vec![-7i32; scratch_len(&g) + 3];
+        conv_into(&x, case.zx, n, &g, f, case.out, &mut got, &mut scratch);
+        prop_assert_eq!(&got, &want, "conv_into groups {} m {} {:?}", groups, m, g);
     }
 
     /// The portable path against the reference on the same random shapes.
@@ -327,5 +336,8 @@ proptest! {
             gemm_with(path, &x, case.zx, [n, k], f, case.out, &mut got);
             prop_assert_eq!(&got, &want, "{:?}", path);
         }
+        let mut got = vec![0i8; n * m];
+        gemm_into(&x, case.zx, [n, k], f, case.out, &mut got);
+        prop_assert_eq!(&got, &want, "gemm_into");
     }
 }

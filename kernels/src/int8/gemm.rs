@@ -21,6 +21,7 @@ use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
 
+pub(crate) use super::requant::{check_channels, requant_of, store_row_portable};
 use super::{OutQ, Requant};
 use crate::arch::{self, Level};
 
@@ -376,16 +377,6 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// `dst[i] = out.store(r.apply(acc[i] + base))`: the portable loop that defines the
-/// SIMD rows' results.
-#[inline(always)]
-pub(crate) fn store_row_portable(acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
-    assert_eq!(acc.len(), dst.len(), "int8 row lengths");
-    for (d, &a) in dst.iter_mut().zip(acc) {
-        *d = out.store(r.apply(a.wrapping_add(base)));
-    }
-}
-
 /// [`store_row_portable`] on `path` (the same integers on every path).
 #[inline]
 pub(crate) fn store_row(path: Path, acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
@@ -401,28 +392,6 @@ pub(crate) fn store_row(path: Path, acc: &[i32], base: i32, r: Requant, out: Out
     }
     let _ = path;
     store_row_portable(acc, base, r, out, dst)
-}
-
-/// Asserts `bias` has `m` entries and `requant` `m` or 1.
-pub(crate) fn check_channels(m: usize, bias: Option<&[i32]>, requant: &[Requant]) {
-    if let Some(b) = bias {
-        assert_eq!(b.len(), m, "int8 bias length");
-    }
-    assert!(
-        requant.len() == m || requant.len() == 1,
-        "{} requantization multipliers for {m} channels",
-        requant.len()
-    );
-}
-
-/// Channel `m`'s multiplier (the only one when there is one).
-#[inline(always)]
-pub(crate) fn requant_of(requant: &[Requant], m: usize) -> Requant {
-    if requant.len() == 1 {
-        requant[0]
-    } else {
-        requant[m]
-    }
 }
 
 #[cfg(test)]

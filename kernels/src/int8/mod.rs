@@ -9,7 +9,15 @@
 //!   dilation) and the fully connected layer ([`conv::gemm`]). Activations are i8 with a
 //!   zero point, weights i8 symmetric per output channel, biases i32.
 //! - [`pool`]: max, average and global average pooling.
-//! - [`add`]: the sum of two tensors of different scales, and channel concatenation.
+//! - [`add`]: the sum of two tensors of different scales, and channel concatenation
+//!   (TFLite's fixed-point arithmetic).
+//! - [`elementwise`]: the int8 engine's requantization, Relu, Add, Concat, per-channel
+//!   affine, Slice and Pad (`Q(f(DQ(x)))` in the float path's f32 operations).
+//!
+//! Every kernel has an entry point that allocates nothing (`conv::conv_into`,
+//! `pool::avg_into`, ...: outputs and scratch in caller-owned slices, one thread, the
+//! portable loops), the only ones built without the crate's `alloc` feature; the
+//! allocating ones (packed SIMD products, rayon) give the same integers.
 //!
 //! The int32 sums are exact, so every SIMD build (AVX2, AVX-512 VNNI, NEON) gives the
 //! portable build's result exactly; the tests compare with `==`. Activations are signed;
@@ -18,6 +26,8 @@
 
 pub mod add;
 pub mod conv;
+pub mod elementwise;
+#[cfg(feature = "alloc")]
 pub(crate) mod gemm;
 pub mod pool;
 pub mod quant;

@@ -15,34 +15,39 @@
 //! input and output share scale and zero point), which rounds a tie the other way when
 //! `sum / count` and `sum / count + zx` have opposite signs; and a float
 //! `DequantizeLinear -> AveragePool -> QuantizeLinear` rounds ties to even. Windows as
-//! [`crate::pool::supported`]: no dilation, padding at most half the kernel (every window
+//! [`Geom::pool_supported`]: no dilation, padding at most half the kernel (every window
 //! holds an image element).
+//!
+//! Every pool has an entry point without allocation (`*_into`: caller-owned output and
+//! scratch, one thread); the allocating ones spread planes over rayon's pool and compile
+//! the same loops for AVX2, so all give the same integers.
 
-use alloc::vec;
+#[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
 use super::requant::rounding_div;
 use super::{OutQ, Quant, Requant};
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", feature = "alloc"))]
 use crate::arch::Level;
+#[cfg(feature = "alloc")]
 use crate::window::PARALLEL_WORK;
 use crate::Geom;
 
 fn check(x: usize, y: usize, n: usize, g: &Geom) {
-    assert!(
-        crate::pool::supported(g),
-        "int8 pooling window {g:?} not covered"
-    );
+    assert!(g.pool_supported(), "int8 pooling window {g:?} not covered");
     assert_eq!(x, n * g.c * g.plane_in(), "int8 pool input length");
     assert_eq!(y, n * g.c * g.plane_out(), "int8 pool output length");
 }
 
-/// Runs `f(input plane, output plane)` over the planes, on the pool when large.
+/// Runs `f(input plane, output plane, scratch)` over the planes, on the pool when large;
+/// each worker's scratch starts as `scratch()`.
+#[cfg(feature = "alloc")]
 #[inline(always)]
 fn planes(
     x: &[i8],
     g: &Geom,
     y: &mut [i8],
+    scratch: impl Fn() -> Vec<i32> + Sync + Send,
     f: impl Fn(&[i8], &mut [i8], &mut Vec<i32>) + Sync + Send,
 ) {
     let (plane_in, plane_out) = (g.plane_in(), g.plane_out());
@@ -51,16 +56,30 @@ fn planes(
     }
     let work = y.len() * g.kh * g.kw;
     let parallel = work >= PARALLEL_WORK && crate::par::threads() >= 2;
-    crate::par::chunks_with(y, plane_out, parallel, 8, Vec::new, |s, p, o| {
+    crate::par::chunks_with(y, plane_out, parallel, 8, scratch, |s, p, o| {
         f(&x[p * plane_in..][..plane_in], o, s)
     });
 }
 
-/// `fold(acc[ow], x)` for every in-image tap of output row `oh`, in row-major order.
+/// The same planes one after the other on this thread (no allocation).
+#[inline(always)]
+fn planes_into(x: &[i8], g: &Geom, y: &mut [i8], mut f: impl FnMut(&[i8], &mut [i8])) {
+    let (plane_in, plane_out) = (g.plane_in(), g.plane_out());
+    if plane_out == 0 || plane_in == 0 {
+        return;
+    }
+    for (src, o) in x.chunks_exact(plane_in).zip(y.chunks_exact_mut(plane_out)) {
+        f(src, o)
+    }
+}
+
+/// `fold(acc[ow], x)` for every in-image tap of output row `oh`, in row-major order;
+/// `span(j)` is [`Geom::col_span`] of kernel column `j` (computed once per call by the
+/// allocating kernels: recomputing them per row cost more than small planes' pooling).
 #[inline(always)]
 fn row_taps<T: Copy>(
     g: &Geom,
-    spans: &[(usize, usize, usize)],
+    span: impl Fn(usize) -> (usize, usize, usize),
     src: &[i8],
     oh: usize,
     acc: &mut [T],
@@ -69,7 +88,8 @@ fn row_taps<T: Copy>(
     let (r0, r1) = g.rows(oh);
     for r in r0..r1 {
         let srow = &src[r * g.w..][..g.w];
-        for &(lo, hi, start) in spans {
+        for j in 0..g.kw {
+            let (lo, hi, start) = span(j);
             let (lo, hi) = (lo.min(g.ow), hi.min(g.ow));
             if lo >= hi {
                 continue;
@@ -95,6 +115,7 @@ fn row_taps<T: Copy>(
 ///
 /// # Panics
 /// When `g` is not a supported window or a length does not fit.
+#[cfg(feature = "alloc")]
 pub fn max(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
     check(x.len(), y.len(), n, g);
     #[cfg(target_arch = "x86_64")]
@@ -105,64 +126,83 @@ pub fn max(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
     max_loops(x, g, y)
 }
 
+/// [`max`] without allocation: the same integers, one thread.
+///
+/// # Panics
+/// As [`max`].
+pub fn max_into(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
+    check(x.len(), y.len(), n, g);
+    planes_into(x, g, y, |src, o| max_plane(g, |j| g.col_span(j), src, o));
+}
+
 /// [`max`]'s loops compiled for AVX2 (byte maxima 32 lanes a step; the baseline x86_64
 /// target has no signed byte maximum): the same integers.
 ///
 /// # Safety
 /// AVX2 present.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", feature = "alloc"))]
 #[target_feature(enable = "avx2")]
 unsafe fn max_avx2(x: &[i8], g: &Geom, y: &mut [i8]) {
     max_loops(x, g, y)
 }
 
+#[cfg(feature = "alloc")]
 #[inline(always)]
 fn max_loops(x: &[i8], g: &Geom, y: &mut [i8]) {
     let spans = g.col_spans();
-    planes(x, g, y, |src, o, _| {
-        for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
-            orow.fill(i8::MIN);
-            row_taps(g, &spans, src, oh, orow, |a, v| a.max(v));
-        }
+    planes(x, g, y, Vec::new, |src, o, _| {
+        max_plane(g, |j| spans[j], src, o)
     });
 }
 
-/// Taps of output `(oh, ow)`'s window inside the image.
-fn inside(g: &Geom, oh: usize, ow: usize) -> i32 {
-    let span = |o: usize, s: usize, k: usize, p: usize, len: usize| {
-        let start = o * s;
-        ((start + k).min(len + p) - start.max(p)) as i32
-    };
-    span(oh, g.sh, g.kh, g.pt, g.h) * span(ow, g.sw, g.kw, g.pl, g.w)
+/// One plane's maxima.
+#[inline(always)]
+fn max_plane(g: &Geom, span: impl Fn(usize) -> (usize, usize, usize), src: &[i8], o: &mut [i8]) {
+    for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
+        orow.fill(i8::MIN);
+        row_taps(g, &span, src, oh, orow, |a, v| a.max(v));
+    }
 }
 
-/// How an average's `sum` (of `q - zx`) over `count` taps becomes output units.
-#[derive(Clone)]
-enum Divide {
-    /// Same scale: rounding division.
-    Exact,
-    /// `Requant` of `s_in / (s_out count)`, indexed by `count - 1`.
-    Scaled(Vec<Requant>),
+/// The `i32`s of scratch [`avg_into`] needs for window `g`: one output row of sums and a
+/// multiplier (two values) per tap count.
+pub fn avg_scratch_len(g: &Geom) -> usize {
+    g.ow + 2 * g.kh * g.kw
 }
 
-impl Divide {
-    fn new(xq: Quant, yq: Quant, max_count: usize) -> Self {
+/// How an average's `sum` (of `q - zx`) over `count` taps becomes output units: same
+/// scales a rounding division, else the fixed-point [`Requant`] of `s_in / (s_out count)`
+/// (`Requant::new` of the f64 quotient), kept in `table` as `(multiplier, shift)` at
+/// `2 (count - 1)`.
+#[derive(Clone, Copy)]
+struct Divide<'a> {
+    table: Option<&'a [i32]>,
+}
+
+impl<'a> Divide<'a> {
+    /// Fills `table` (`2 max_count` values) when the scales differ.
+    fn new(xq: Quant, yq: Quant, max_count: usize, table: &'a mut [i32]) -> Self {
         if xq.scale == yq.scale {
-            return Divide::Exact;
+            return Self { table: None };
         }
         let ratio = xq.scale as f64 / yq.scale as f64;
-        Divide::Scaled(
-            (1..=max_count)
-                .map(|d| Requant::new(ratio / d as f64))
-                .collect(),
-        )
+        let table = &mut table[..2 * max_count];
+        for (d, t) in table.chunks_exact_mut(2).enumerate() {
+            let r = Requant::new(ratio / (d + 1) as f64);
+            t.copy_from_slice(&[r.multiplier, r.shift]);
+        }
+        Self { table: Some(table) }
     }
 
     #[inline(always)]
     fn apply(&self, sum: i32, count: i32) -> i32 {
-        match self {
-            Divide::Exact => rounding_div(sum, count),
-            Divide::Scaled(r) => r[count as usize - 1].apply(sum),
+        match self.table {
+            None => rounding_div(sum, count),
+            Some(t) => {
+                let at = 2 * (count as usize - 1);
+                let (multiplier, shift) = (t[at], t[at + 1]);
+                Requant { multiplier, shift }.apply(sum)
+            }
         }
     }
 }
@@ -173,6 +213,7 @@ impl Divide {
 ///
 /// # Panics
 /// When `g` is not a supported window or a length does not fit.
+#[cfg(feature = "alloc")]
 pub fn avg(x: &[i8], n: usize, g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut [i8]) {
     check(x.len(), y.len(), n, g);
     #[cfg(target_arch = "x86_64")]
@@ -183,46 +224,83 @@ pub fn avg(x: &[i8], n: usize, g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut
     avg_loops(x, g, count_pad, q, y)
 }
 
+/// [`avg`] without allocation: the same integers, one thread; `scratch` holds at least
+/// [`avg_scratch_len`]`(g)` values (contents ignored).
+///
+/// # Panics
+/// As [`avg`], and when `scratch` is shorter.
+pub fn avg_into(
+    x: &[i8],
+    n: usize,
+    g: &Geom,
+    count_pad: bool,
+    [xq, yq]: [Quant; 2],
+    y: &mut [i8],
+    scratch: &mut [i32],
+) {
+    check(x.len(), y.len(), n, g);
+    let (acc, table) = scratch[..avg_scratch_len(g)].split_at_mut(g.ow);
+    let div = Divide::new(xq, yq, g.kh * g.kw, table);
+    planes_into(x, g, y, |src, o| {
+        avg_plane(g, |j| g.col_span(j), src, count_pad, [xq, yq], div, acc, o)
+    });
+}
+
 /// [`avg`]'s loops compiled for AVX2: the same integers.
 ///
 /// # Safety
 /// AVX2 present.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", feature = "alloc"))]
 #[target_feature(enable = "avx2")]
 unsafe fn avg_avx2(x: &[i8], g: &Geom, count_pad: bool, q: [Quant; 2], y: &mut [i8]) {
     avg_loops(x, g, count_pad, q, y)
 }
 
+#[cfg(feature = "alloc")]
 #[inline(always)]
 fn avg_loops(x: &[i8], g: &Geom, count_pad: bool, [xq, yq]: [Quant; 2], y: &mut [i8]) {
     let spans = g.col_spans();
-    let div = Divide::new(xq, yq, g.kh * g.kw);
-    let counts: Vec<i32> = (0..g.plane_out())
-        .map(|i| {
-            if count_pad {
-                (g.kh * g.kw) as i32
-            } else {
-                inside(g, i / g.ow, i % g.ow)
-            }
-        })
-        .collect();
-    let (zx, out) = (xq.zero as i32, OutQ::new(yq.zero));
-    planes(x, g, y, |src, o, acc| {
-        acc.clear();
-        acc.resize(g.ow, 0);
-        for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
-            acc.fill(0);
-            row_taps(g, &spans, src, oh, acc, |a, v| a + (v as i32 - zx));
-            let cnt = &counts[oh * g.ow..][..g.ow];
-            for ((d, &s), &c) in orow.iter_mut().zip(acc.iter()).zip(cnt) {
-                *d = out.store(div.apply(s, c));
-            }
-        }
+    let mut table = alloc::vec![0; 2 * g.kh * g.kw];
+    let div = Divide::new(xq, yq, g.kh * g.kw, &mut table);
+    let row = || alloc::vec![0; g.ow];
+    planes(x, g, y, row, |src, o, acc| {
+        avg_plane(g, |j| spans[j], src, count_pad, [xq, yq], div, acc, o)
     });
 }
 
+/// One plane's averages, output row by output row into `acc` (`ow` sums).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn avg_plane(
+    g: &Geom,
+    span: impl Fn(usize) -> (usize, usize, usize),
+    src: &[i8],
+    count_pad: bool,
+    [xq, yq]: [Quant; 2],
+    div: Divide,
+    acc: &mut [i32],
+    o: &mut [i8],
+) {
+    let (zx, out) = (xq.zero as i32, OutQ::new(yq.zero));
+    let full = (g.kh * g.kw) as i32;
+    for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
+        acc.fill(0);
+        row_taps(g, &span, src, oh, acc, |a, v| a + (v as i32 - zx));
+        let (r0, r1) = g.rows(oh);
+        let rows = (r1 - r0) as i32;
+        for (ow, (d, &s)) in orow.iter_mut().zip(acc.iter()).enumerate() {
+            let c = if count_pad {
+                full
+            } else {
+                rows * g.cols(ow) as i32
+            };
+            *d = out.store(div.apply(s, c));
+        }
+    }
+}
+
 /// Global average pooling of `x [n, C, hw]` (quantized by `xq`) into `y [n, C]` (by
-/// `yq`): each plane's mean, rounded as in the module doc.
+/// `yq`): each plane's mean, rounded as in the module doc. Allocates nothing.
 ///
 /// # Panics
 /// When `hw` is 0, a length does not fit, or a plane has more than `2^23` elements (its
@@ -234,19 +312,15 @@ pub fn global_avg(x: &[i8], [n, c, hw]: [usize; 3], [xq, yq]: [Quant; 2], y: &mu
     );
     assert_eq!(x.len(), n * c * hw, "global average pool input length");
     assert_eq!(y.len(), n * c, "global average pool output length");
-    let div = match Divide::new(xq, yq, 0) {
-        Divide::Exact => Divide::Exact,
-        Divide::Scaled(_) => Divide::Scaled(vec![Requant::new(
-            xq.scale as f64 / yq.scale as f64 / hw as f64,
-        )]),
-    };
+    let scaled =
+        (xq.scale != yq.scale).then(|| Requant::new(xq.scale as f64 / yq.scale as f64 / hw as f64));
     let (zx, out) = (xq.zero as i32, OutQ::new(yq.zero));
     for (d, plane) in y.iter_mut().zip(x.chunks_exact(hw)) {
         // at most 255 * 2^23 in magnitude: fits i32
         let s = (plane.iter().map(|&v| v as i64).sum::<i64>() - zx as i64 * hw as i64) as i32;
-        *d = out.store(match &div {
-            Divide::Exact => rounding_div(s, hw as i32),
-            Divide::Scaled(r) => r[0].apply(s),
+        *d = out.store(match scaled {
+            None => rounding_div(s, hw as i32),
+            Some(r) => r.apply(s),
         });
     }
 }

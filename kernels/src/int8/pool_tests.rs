@@ -129,6 +129,8 @@ proptest! {
         let mut portable = vec![0i8; y.len()];
         max_loops(&x, &g, &mut portable);
         prop_assert_eq!(&y, &portable);
+        max_into(&x, n, &g, &mut portable);
+        prop_assert_eq!(&y, &portable, "max_into");
         for (i, &got) in y.iter().enumerate() {
             let (p, o) = (i / g.plane_out(), i % g.plane_out());
             let want = *window(&x, &g, p, o / g.ow, o % g.ow).iter().max().unwrap();
@@ -150,6 +152,9 @@ proptest! {
         let mut portable = vec![0i8; y.len()];
         avg_loops(&x, &g, count_pad, [xq, yq], &mut portable);
         prop_assert_eq!(&y, &portable, "dispatched vs portable");
+        let mut scratch = vec![99i32; avg_scratch_len(&g)];
+        avg_into(&x, n, &g, count_pad, [xq, yq], &mut portable, &mut scratch);
+        prop_assert_eq!(&y, &portable, "avg_into");
         for (i, &got) in y.iter().enumerate() {
             let (p, o) = (i / g.plane_out(), i % g.plane_out());
             let win = window(&x, &g, p, o / g.ow, o % g.ow);

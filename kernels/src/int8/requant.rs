@@ -16,6 +16,8 @@
 //! class; with one rounding they agree but for exact ties.) [`doubling_high_mul`] and
 //! [`rounding_shift`] remain, gemmlowp's primitives, for callers that want them.
 
+use super::OutQ;
+
 /// A positive real multiplier as Q31 fixed point: `real ~= multiplier 2^(shift - 31)`
 /// (TFLite's `QuantizeMultiplier`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +80,7 @@ impl Requant {
     }
 
     /// One [`Requant::from_scales`] per weight scale (per output channel).
+    #[cfg(feature = "alloc")]
     pub fn per_channel(s_in: f32, s_w: &[f32], s_out: f32) -> alloc::vec::Vec<Self> {
         s_w.iter()
             .map(|&s| Self::from_scales(s_in, s, s_out))
@@ -122,6 +125,38 @@ pub fn rounding_shift(x: i32, exponent: i32) -> i32 {
     let remainder = x & mask;
     let threshold = (mask >> 1) + (x < 0) as i32;
     (x >> exponent) + (remainder > threshold) as i32
+}
+
+/// `dst[i] = out.store(r.apply(acc[i] + base))`: the portable loop that defines the
+/// SIMD rows' results (every int8 product ends here).
+#[inline(always)]
+pub(crate) fn store_row_portable(acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
+    assert_eq!(acc.len(), dst.len(), "int8 row lengths");
+    for (d, &a) in dst.iter_mut().zip(acc) {
+        *d = out.store(r.apply(a.wrapping_add(base)));
+    }
+}
+
+/// Asserts `bias` has `m` entries and `requant` `m` or 1.
+pub(crate) fn check_channels(m: usize, bias: Option<&[i32]>, requant: &[Requant]) {
+    if let Some(b) = bias {
+        assert_eq!(b.len(), m, "int8 bias length");
+    }
+    assert!(
+        requant.len() == m || requant.len() == 1,
+        "{} requantization multipliers for {m} channels",
+        requant.len()
+    );
+}
+
+/// Channel `m`'s multiplier (the only one when there is one).
+#[inline(always)]
+pub(crate) fn requant_of(requant: &[Requant], m: usize) -> Requant {
+    if requant.len() == 1 {
+        requant[0]
+    } else {
+        requant[m]
+    }
 }
 
 /// `num / den` rounded half away from zero (`den > 0`): the averaging pools' division.
