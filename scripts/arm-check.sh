@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # splitnas-run on ARM, under qemu-user, against `splitnas run` on this x86_64 host:
-#  1. builds splitnas-run and the kernel and runtime tests for each ARM target (test
+#  1. builds splitnas-run and the kernel, runtime and micro tests for each ARM target (test
 #     profile) and runs the tests under qemu (NEON paths against the portable ones on
 #     aarch64; the portable paths on armv7);
 #  2. runs every ONNX file on the x86_64 `splitnas run` and on each target's `splitnas-run`
@@ -48,11 +48,11 @@ splitnas_run="$(realpath "$splitnas_run")"
 # one test build per target also links its splitnas-run (the runtime has integration tests)
 for t in $targets; do
   start=$SECONDS
-  cargo test -p splitnas-kernels -p splitnas-runtime --target "$t" --no-run
+  cargo test -p splitnas-kernels -p splitnas-runtime -p splitnas-micro --target "$t" --no-run
   echo "arm-check: $t built in $((SECONDS - start)) s"
   if [ "${ARM_TESTS:-1}" != 0 ]; then
     start=$SECONDS
-    cargo test -p splitnas-kernels -p splitnas-runtime --target "$t"
+    cargo test -p splitnas-kernels -p splitnas-runtime -p splitnas-micro --target "$t"
     echo "arm-check: $t tests ran in $((SECONDS - start)) s"
   fi
 done
