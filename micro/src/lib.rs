@@ -23,17 +23,22 @@
 //! channel's weights are copied into a stack buffer as its convolution runs (at most
 //! [`MAX_K`] products per output channel, [`MAX_ROW`] sums per output row: `parse`
 //! rejects larger ops with [`PlanError::Limit`]). The plan [`writer`] (feature `alloc`)
-//! builds plans; the host's `splitnas compile` uses it, and the tests.
+//! builds plans, and the [`planner`] chooses the tensors' offsets (the static memory
+//! plan); the tests use both.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 mod check;
 mod error;
 pub mod format;
+#[cfg(feature = "alloc")]
+pub mod planner;
 mod run;
 #[cfg(feature = "alloc")]
 pub mod writer;

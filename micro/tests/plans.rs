@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{codes, q, Rng};
+use common::{codes, every_op_writer, q, Rng};
 use splitnas_kernels::int8::{conv, elementwise, pool, OutQ, Requant};
 use splitnas_kernels::Geom;
 use splitnas_micro::writer::{DenseSpec, PlanWriter};
@@ -229,4 +229,30 @@ fn hand_computed_conv() {
     w.io(tx, q(1.0, 1), ty, q(1.0, -1));
     let got = run(&w.finish(), &[1, 2, 5, -3]);
     assert_eq!(got, [1, 2, 5, -3, -3, -3, -5, -1]);
+}
+
+/// The every-op plan with offsets from the memory planner instead of by hand: it parses
+/// (no tensors alive together share bytes), gives the same output, and its arena is
+/// within 1.1x the lower bound for the order.
+#[test]
+fn planned_memory_runs_the_same() {
+    let (w, input) = every_op_writer();
+    let want = run(&w.finish(), &input);
+    let mut planned = w.clone();
+    let layout = planned.plan_memory(4);
+    println!(
+        "sram_peak_bytes={} lower_bound={} sum={} (by hand: 252)",
+        layout.peak, layout.lower_bound, layout.sum
+    );
+    assert!(
+        layout.peak as f64 <= 1.1 * layout.lower_bound as f64,
+        "{layout:?}"
+    );
+    assert!(layout.peak <= 252);
+    let bytes = planned.finish();
+    assert_eq!(
+        Plan::parse(&bytes).unwrap().arena_len(),
+        layout.peak as usize
+    );
+    assert_eq!(run(&bytes, &input), want);
 }
