@@ -75,13 +75,16 @@ pub fn lifetimes(
     life
 }
 
+/// An order of placement: tensors sorted by this key, smallest first.
+type SortKey = fn(&Live) -> (u64, u64);
+
 /// Offsets for `tensors`, each a multiple of `align` (at least 1): best fit in three
 /// orders (largest first, TFLite's; largest size x lifetime first; earliest written
 /// first, largest first among equals), the lowest peak kept. Tensors alive at a common
 /// step never share bytes.
 pub fn place(tensors: &[Live], align: u32) -> Layout {
     let align = align.max(1);
-    let keys: [fn(&Live) -> (u64, u64); 3] = [
+    let keys: [SortKey; 3] = [
         |t| (u64::MAX - t.size as u64, t.first as u64),
         |t| {
             let span = (t.last - t.first + 1) as u64;
@@ -140,6 +143,29 @@ fn best_fit(tensors: &[Live], order: &[usize], align: u32) -> Vec<u32> {
         placed.push(i);
     }
     offsets
+}
+
+/// Tensors written over a dead input share its bytes: for each `(input, output)` pair
+/// of an op that can run in place (in op order), the output joins the input's slot
+/// when the input's life (and its slot's) ends at the step the output is written and
+/// the sizes are equal. Returns the slots (a merged tensor's own slot emptied: size 0)
+/// and each tensor's slot; place the slots, then give each tensor its slot's offset.
+pub fn merge_in_place(tensors: &[Live], pairs: &[(usize, usize)]) -> (Vec<Live>, Vec<usize>) {
+    let mut slots = tensors.to_vec();
+    let mut slot_of: Vec<usize> = (0..tensors.len()).collect();
+    for &(x, y) in pairs {
+        let (Some(tx), Some(ty)) = (tensors.get(x), tensors.get(y)) else {
+            continue;
+        };
+        let sx = slot_of[x];
+        let fits = tx.size == ty.size && tx.last == ty.first && slots[sx].last == tx.last;
+        if fits && slot_of[y] == y && x != y {
+            slot_of[y] = sx;
+            slots[sx].last = slots[sx].last.max(ty.last);
+            slots[y].size = 0;
+        }
+    }
+    (slots, slot_of)
 }
 
 /// The most bytes alive at one step.
@@ -233,6 +259,25 @@ mod tests {
         assert_valid(&t, &l);
         assert!(l.offsets.iter().all(|o| o % 4 == 0));
         assert!(l.peak as f64 <= 1.1 * l.lower_bound as f64, "{l:?}");
+    }
+
+    /// x -> relu in place -> add into the relu's output: one slot for the three.
+    #[test]
+    fn in_place_shares_the_input_slot() {
+        // x(0..2) -> r = relu(x) (1..2) -> y = r + x (2..3): x is still read by the add,
+        // so r cannot take x's bytes; y takes r's (r dies at the add)
+        let t = [live(64, 0, 2), live(64, 1, 2), live(64, 2, 3)];
+        let (slots, slot_of) = merge_in_place(&t, &[(0, 1), (1, 2)]);
+        assert_eq!(slot_of, [0, 1, 1]);
+        assert_eq!(slots[1], live(64, 1, 3));
+        assert_eq!(slots[2].size, 0);
+        let l = place(&slots, 1);
+        assert_eq!((l.peak, l.lower_bound), (128, 128));
+        // a chain of in-place ops over one buffer
+        let t = [live(50, 0, 1), live(50, 1, 2), live(50, 2, 3)];
+        let (slots, slot_of) = merge_in_place(&t, &[(0, 1), (1, 2)]);
+        assert_eq!(slot_of, [0, 0, 0]);
+        assert_eq!(place(&slots, 1).peak, 50);
     }
 
     /// Random orders of random chains with skips: always valid; the peak within 10% of

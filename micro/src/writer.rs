@@ -50,8 +50,9 @@ pub struct PlanWriter {
     consts: Vec<u8>,
     io: Option<(u16, Quant, u16, Quant)>,
     arena_len: Option<u32>,
-    /// Each op's tensors read and written (none for ops written with [`PlanWriter::op`]).
-    op_io: Vec<Option<(Vec<u16>, u16)>>,
+    /// Each op's tensors read and written and whether it may write over its inputs
+    /// (none for ops written with [`PlanWriter::op`]).
+    op_io: Vec<Option<(Vec<u16>, u16, bool)>>,
 }
 
 fn quant(q: Quant) -> [u32; 2] {
@@ -116,42 +117,50 @@ impl PlanWriter {
     /// [`PlanWriter::plan_memory`].
     fn op_io(&mut self, code: u16, args: &[u32], inputs: &[u16], output: u16) {
         self.op(code, args);
+        // the ops `Plan::run` runs in place (`Plan::in_place`)
+        let in_place = code == code::REQUANT || code == code::ADD && inputs[0] != inputs[1];
         if let Some(last) = self.op_io.last_mut() {
-            *last = Some((inputs.to_vec(), output));
+            *last = Some((inputs.to_vec(), output, in_place));
         }
     }
 
-    /// Chooses every tensor's offset (the static memory plan, [`planner::place`] over
-    /// the ops' order, offsets multiples of `align`) and the arena length, replacing the
-    /// offsets given to [`PlanWriter::tensor`]. Tensors no op touches get offset 0 and
-    /// size 0 in the count. Call it after the ops and [`PlanWriter::io`].
-    pub fn plan_memory(&mut self, align: u32) -> planner::Layout {
+    /// Chooses every tensor's offset (the static memory plan over the ops' order:
+    /// [`planner::place`], offsets multiples of `align`; with `in_place`, a Requant's or
+    /// Add's output on the bytes of an input it is the last reader of,
+    /// [`planner::merge_in_place`]) and the arena length, replacing the offsets given to
+    /// [`PlanWriter::tensor`]. Tensors no op touches get offset 0. Call it after the ops
+    /// and [`PlanWriter::io`]. The layout's lower bound is over the merged tensors.
+    pub fn plan_memory(&mut self, align: u32, in_place: bool) -> planner::Layout {
         let (input, output) = self.io.map_or((0, 0), |io| (io.0 as usize, io.2 as usize));
         let ops: Vec<(Vec<usize>, usize)> = self
             .op_io
             .iter()
             .flatten()
-            .map(|(xs, y)| (xs.iter().map(|&x| x as usize).collect(), *y as usize))
+            .map(|(xs, y, _)| (xs.iter().map(|&x| x as usize).collect(), *y as usize))
             .collect();
         let life = planner::lifetimes(self.tensors.len(), input, output, &ops);
         let live: Vec<planner::Live> = self
             .tensors
             .iter()
             .zip(&life)
-            .map(|(t, l)| match *l {
-                Some((first, last)) => planner::Live {
-                    size: t.len,
-                    first,
-                    last,
-                },
-                None => planner::Live {
-                    size: 0,
-                    first: 0,
-                    last: 0,
-                },
+            .map(|(t, l)| {
+                let (first, last) = l.unwrap_or((0, 0));
+                let size = if l.is_some() { t.len } else { 0 };
+                planner::Live { size, first, last }
             })
             .collect();
-        let layout = planner::place(&live, align);
+        let mut pairs = Vec::new();
+        for (xs, y, ok) in self.op_io.iter().flatten() {
+            let (y, step) = (*y as usize, live.get(*y as usize).map_or(0, |l| l.first));
+            let dead = |x: usize| x != output && live[x].last == step;
+            if let Some(&x) = xs.iter().find(|&&x| *ok && in_place && dead(x as usize)) {
+                pairs.push((x as usize, y));
+            }
+        }
+        let (slots, slot_of) = planner::merge_in_place(&live, &pairs);
+        let mut layout = planner::place(&slots, align);
+        layout.offsets = slot_of.iter().map(|&s| layout.offsets[s]).collect();
+        layout.sum = live.iter().map(|t| t.size as u64).sum();
         for (t, &o) in self.tensors.iter_mut().zip(&layout.offsets) {
             t.offset = o;
         }
