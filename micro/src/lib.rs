@@ -314,14 +314,22 @@ impl<'a> Plan<'a> {
     }
 
     /// Whether `op` may write its output over its input `x`: a Requant, or an Add whose
-    /// other input is another tensor, with the output on exactly `x`'s bytes (the
+    /// other input is another tensor on other bytes, with the output on exactly `x`'s
+    /// bytes (the
     /// kernels' `requant_in_place` / `add_in_place`: each value read, then written).
     pub(crate) fn in_place(&self, op: &Op<'_>, x: TensorId) -> bool {
         let bytes = |t: TensorId| self.tensor(t).map(|t| (t.offset, t.len));
         let same = |y: TensorId| bytes(x).is_some() && bytes(x) == bytes(y);
         match *op {
             Op::Requant { x: input, y, .. } => input == x && same(y),
-            Op::Add { a, b, y, .. } => (a == x || b == x) && a != b && same(y),
+            Op::Add { a, b, y, .. } => {
+                let other = if a == x { b } else { a };
+                let apart = match (self.tensor(other), self.tensor(y)) {
+                    (Some(o), Some(y)) => !overlap(&o, &y),
+                    _ => false,
+                };
+                (a == x || b == x) && a != b && same(y) && apart
+            }
             _ => false,
         }
     }
