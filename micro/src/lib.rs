@@ -23,17 +23,22 @@
 //! channel's weights are copied into a stack buffer as its convolution runs (at most
 //! [`MAX_K`] products per output channel, [`MAX_ROW`] sums per output row: `parse`
 //! rejects larger ops with [`PlanError::Limit`]). The plan [`writer`] (feature `alloc`)
-//! builds plans; the host's `splitnas compile` uses it, and the tests.
+//! builds plans, and the [`planner`] chooses the tensors' offsets (the static memory
+//! plan); the tests use both.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 mod check;
 mod error;
 pub mod format;
+#[cfg(feature = "alloc")]
+pub mod planner;
 mod run;
 #[cfg(feature = "alloc")]
 pub mod writer;
@@ -291,11 +296,13 @@ impl<'a> Plan<'a> {
                         op: i,
                         tensor: x as u32,
                     }),
-                    Some(xt) if overlap(&xt, &yt) => Err(PlanError::InPlace {
-                        op: i,
-                        output: y,
-                        input: x,
-                    }),
+                    Some(xt) if overlap(&xt, &yt) && !self.in_place(&op, x) => {
+                        Err(PlanError::InPlace {
+                            op: i,
+                            output: y,
+                            input: x,
+                        })
+                    }
                     Some(_) if x != self.input && self.writer_of(x, i).is_none() => {
                         Err(PlanError::Unwritten { op: i, tensor: x })
                     }
@@ -304,6 +311,40 @@ impl<'a> Plan<'a> {
             });
             err
         })
+    }
+
+    /// Whether `op` may write its output over its input `x`: a Requant, or an Add whose
+    /// other input is another tensor on other bytes, with the output on exactly `x`'s
+    /// bytes (the
+    /// kernels' `requant_in_place` / `add_in_place`: each value read, then written).
+    pub(crate) fn in_place(&self, op: &Op<'_>, x: TensorId) -> bool {
+        let bytes = |t: TensorId| self.tensor(t).map(|t| (t.offset, t.len));
+        let same = |y: TensorId| bytes(x).is_some() && bytes(x) == bytes(y);
+        match *op {
+            Op::Requant { x: input, y, .. } => input == x && same(y),
+            Op::Add { a, b, y, .. } => {
+                let other = if a == x { b } else { a };
+                let apart = match (self.tensor(other), self.tensor(y)) {
+                    (Some(o), Some(y)) => !overlap(&o, &y),
+                    _ => false,
+                };
+                (a == x || b == x) && a != b && same(y) && apart
+            }
+            _ => false,
+        }
+    }
+
+    /// Op number `i`, decoded.
+    fn op_at(&self, i: usize) -> Option<Op<'a>> {
+        let mut found = None;
+        let _ = self.each_op(|j, op| {
+            if j == i {
+                found = Some(op);
+                return Err(PlanError::Magic); // stop
+            }
+            Ok(())
+        });
+        found
     }
 
     /// The op before `before` that writes tensor `t`.
@@ -352,14 +393,34 @@ impl<'a> Plan<'a> {
                 if !overlap(&ta, &tb) {
                     continue;
                 }
-                if let Some(lb) = self.lifetime(b) {
-                    if la.0 <= lb.1 && lb.0 <= la.1 {
-                        return Err(PlanError::Overlap { a, b });
-                    }
+                let Some(lb) = self.lifetime(b) else { continue };
+                if la.0 <= lb.1 && lb.0 <= la.1 && !self.handed_over(a, la, b, lb) {
+                    return Err(PlanError::Overlap { a, b });
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl<'a> Plan<'a> {
+    /// Whether tensors `a` and `b`, alive together, meet only at the step where one
+    /// dies and the op of that step writes the other over it in place.
+    fn handed_over(
+        &self,
+        a: TensorId,
+        la: (usize, usize),
+        b: TensorId,
+        lb: (usize, usize),
+    ) -> bool {
+        let pass = |x: TensorId, lx: (usize, usize), y: TensorId, ly: (usize, usize)| {
+            lx.1 == ly.0
+                && ly.0 >= 1
+                && self
+                    .op_at(ly.0 - 1)
+                    .is_some_and(|op| op.output() == y && self.in_place(&op, x))
+        };
+        pass(a, la, b, lb) || pass(b, lb, a, la)
     }
 }
 

@@ -3,6 +3,9 @@
 //! from the arena bytes before and after it (parse checked they do not overlap), and
 //! calls the kernels' allocation-free entry points.
 //!
+//! Requant and Add may write over an input (a dead one: parse checked the lifetimes),
+//! through the kernels' in-place variants.
+//!
 //! A convolution runs output channel by output channel: the channel's weights are copied
 //! to a stack buffer (the plan's bytes are `u8`, the kernels read `i8`, and the crate
 //! reinterprets nothing), its bias and multiplier decoded, and `conv::conv_into` called on
@@ -115,7 +118,17 @@ impl Plan<'_> {
             Op::GlobalAvg { x: xi, hw, q, .. } => {
                 pool::global_avg(x(xi), [1, y.len(), hw as usize], q, y)
             }
+            // in place (parse allowed it only on the same bytes)
+            Op::Requant { x: xi, q, relu, .. } if self.in_place(op, xi) => {
+                elementwise::requant_in_place(y, q[0], q[1], relu)
+            }
             Op::Requant { x: xi, q, relu, .. } => elementwise::requant(x(xi), q[0], q[1], relu, y),
+            Op::Add { a, b, q, relu, .. } if self.in_place(op, a) => {
+                elementwise::add_in_place(y, x(b), q, relu)
+            }
+            Op::Add { a, b, q, relu, .. } if self.in_place(op, b) => {
+                elementwise::add_in_place(y, x(a), [q[1], q[0], q[2]], relu)
+            }
             Op::Add { a, b, q, relu, .. } => elementwise::add(x(a), x(b), q, relu, y),
             Op::Concat {
                 outer, yq, parts, ..

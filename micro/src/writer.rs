@@ -16,6 +16,7 @@
 //! ```
 
 use crate::format::{self, code, fnv1a, NONE};
+use crate::planner;
 use crate::{Quant, Tensor};
 use alloc::vec::Vec;
 use splitnas_kernels::int8::Requant;
@@ -49,6 +50,9 @@ pub struct PlanWriter {
     consts: Vec<u8>,
     io: Option<(u16, Quant, u16, Quant)>,
     arena_len: Option<u32>,
+    /// Each op's tensors read and written and whether it may write over its inputs
+    /// (none for ops written with [`PlanWriter::op`]).
+    op_io: Vec<Option<(Vec<u16>, u16, bool)>>,
 }
 
 fn quant(q: Quant) -> [u32; 2] {
@@ -106,6 +110,62 @@ impl PlanWriter {
         self.ops.push(code as u32 | (args.len() as u32) << 16);
         self.ops.extend_from_slice(args);
         self.n_ops += 1;
+        self.op_io.push(None);
+    }
+
+    /// [`PlanWriter::op`], recording the tensors it reads and writes for
+    /// [`PlanWriter::plan_memory`].
+    fn op_io(&mut self, code: u16, args: &[u32], inputs: &[u16], output: u16) {
+        self.op(code, args);
+        // the ops `Plan::run` runs in place (`Plan::in_place`)
+        let in_place = code == code::REQUANT || code == code::ADD && inputs[0] != inputs[1];
+        if let Some(last) = self.op_io.last_mut() {
+            *last = Some((inputs.to_vec(), output, in_place));
+        }
+    }
+
+    /// Chooses every tensor's offset (the static memory plan over the ops' order:
+    /// [`planner::place`], offsets multiples of `align`; with `in_place`, a Requant's or
+    /// Add's output on the bytes of an input it is the last reader of,
+    /// [`planner::merge_in_place`]) and the arena length, replacing the offsets given to
+    /// [`PlanWriter::tensor`]. Tensors no op touches get offset 0. Call it after the ops
+    /// and [`PlanWriter::io`]. The layout's lower bound is over the merged tensors.
+    pub fn plan_memory(&mut self, align: u32, in_place: bool) -> planner::Layout {
+        let (input, output) = self.io.map_or((0, 0), |io| (io.0 as usize, io.2 as usize));
+        let ops: Vec<(Vec<usize>, usize)> = self
+            .op_io
+            .iter()
+            .flatten()
+            .map(|(xs, y, _)| (xs.iter().map(|&x| x as usize).collect(), *y as usize))
+            .collect();
+        let life = planner::lifetimes(self.tensors.len(), input, output, &ops);
+        let live: Vec<planner::Live> = self
+            .tensors
+            .iter()
+            .zip(&life)
+            .map(|(t, l)| {
+                let (first, last) = l.unwrap_or((0, 0));
+                let size = if l.is_some() { t.len } else { 0 };
+                planner::Live { size, first, last }
+            })
+            .collect();
+        let mut pairs = Vec::new();
+        for (xs, y, ok) in self.op_io.iter().flatten() {
+            let (y, step) = (*y as usize, live.get(*y as usize).map_or(0, |l| l.first));
+            let dead = |x: usize| x != output && live[x].last == step;
+            if let Some(&x) = xs.iter().find(|&&x| *ok && in_place && dead(x as usize)) {
+                pairs.push((x as usize, y));
+            }
+        }
+        let (slots, slot_of) = planner::merge_in_place(&live, &pairs);
+        let mut layout = planner::place(&slots, align);
+        layout.offsets = slot_of.iter().map(|&s| layout.offsets[s]).collect();
+        layout.sum = live.iter().map(|t| t.size as u64).sum();
+        for (t, &o) in self.tensors.iter_mut().zip(&layout.offsets) {
+            t.offset = o;
+        }
+        self.arena_len = Some(layout.peak);
+        layout
     }
 
     fn dense_words(&mut self, x: u16, y: u16, m: u32, d: &DenseSpec) -> Vec<u32> {
@@ -133,7 +193,7 @@ impl PlanWriter {
         let k = (g.c / d.groups.max(1) as usize * g.kh * g.kw).max(1);
         let mut a = self.dense_words(x, y, (d.wt.len() / k) as u32, &d);
         a.extend(geom(g));
-        self.op(code::CONV, &a);
+        self.op_io(code::CONV, &a, &[x], y);
     }
 
     /// Fully connected layer of `x [K]` into `y [M]`, weights `[M, K]`.
@@ -141,14 +201,14 @@ impl PlanWriter {
         let m = d.wt.len() as u32 / k.max(1);
         let mut a = self.dense_words(x, y, m, &d);
         a.push(k);
-        self.op(code::GEMM, &a);
+        self.op_io(code::GEMM, &a, &[x], y);
     }
 
     /// Max pooling over window `g`.
     pub fn max_pool(&mut self, x: u16, y: u16, g: &Geom) {
         let mut a = [x as u32, y as u32].to_vec();
         a.extend(geom(g));
-        self.op(code::MAX_POOL, &a);
+        self.op_io(code::MAX_POOL, &a, &[x], y);
     }
 
     /// Average pooling over window `g` (`count_pad`: divide by the whole window).
@@ -157,14 +217,14 @@ impl PlanWriter {
         a.extend(geom(g));
         a.push(count_pad as u32);
         a.extend(q.iter().flat_map(|&q| quant(q)));
-        self.op(code::AVG_POOL, &a);
+        self.op_io(code::AVG_POOL, &a, &[x], y);
     }
 
     /// Mean of each plane of `hw` values.
     pub fn global_avg(&mut self, x: u16, y: u16, hw: u32, q: [Quant; 2]) {
         let mut a = [x as u32, y as u32, hw].to_vec();
         a.extend(q.iter().flat_map(|&q| quant(q)));
-        self.op(code::GLOBAL_AVG, &a);
+        self.op_io(code::GLOBAL_AVG, &a, &[x], y);
     }
 
     /// `x` from `q[0]` to `q[1]`, with a ReLU when `relu`.
@@ -172,7 +232,7 @@ impl PlanWriter {
         let mut a = [x as u32, y as u32].to_vec();
         a.extend(q.iter().flat_map(|&q| quant(q)));
         a.push(relu as u32);
-        self.op(code::REQUANT, &a);
+        self.op_io(code::REQUANT, &a, &[x], y);
     }
 
     /// `a + b`.
@@ -180,7 +240,7 @@ impl PlanWriter {
         let mut w = [a as u32, b as u32, y as u32].to_vec();
         w.extend(q.iter().flat_map(|&q| quant(q)));
         w.push(relu as u32);
-        self.op(code::ADD, &w);
+        self.op_io(code::ADD, &w, &[a, b], y);
     }
 
     /// Concatenation of `parts` in `outer` blocks each (the product of the dimensions
@@ -193,7 +253,8 @@ impl PlanWriter {
             a.push(p as u32);
             a.extend(quant(q));
         }
-        self.op(code::CONCAT, &a);
+        let xs: Vec<u16> = parts.iter().map(|p| p.0).collect();
+        self.op_io(code::CONCAT, &a, &xs, y);
     }
 
     /// The strided box `ranges` (start, step, count per axis) of `x [d0, d1, d2]`.
@@ -201,7 +262,7 @@ impl PlanWriter {
         let mut a = [x as u32, y as u32].to_vec();
         a.extend(dims);
         a.extend(ranges.iter().flat_map(|r| [r.0, r.1, r.2]));
-        self.op(code::SLICE, &a);
+        self.op_io(code::SLICE, &a, &[x], y);
     }
 
     /// `x [d0, d1, d2]` padded by `pads` (before, after per axis) with `fill`.
@@ -210,7 +271,7 @@ impl PlanWriter {
         a.extend(dims);
         a.extend(pads.iter().flat_map(|p| [p.0, p.1]));
         a.push(fill as i32 as u32);
-        self.op(code::PAD, &a);
+        self.op_io(code::PAD, &a, &[x], y);
     }
 
     /// `Q(DQ(x) a[c] + b[c])` over `[C, inner]`, `C = a.len()`.
@@ -222,7 +283,7 @@ impl PlanWriter {
         let mut w = [x as u32, y as u32].to_vec();
         w.extend(q.iter().flat_map(|&q| quant(q)));
         w.extend([inner, a.len() as u32, ao, bo]);
-        self.op(code::AFFINE, &w);
+        self.op_io(code::AFFINE, &w, &[x], y);
     }
 
     /// The plan's bytes: header, tensor table, ops, constants, with the checksum.

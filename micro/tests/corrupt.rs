@@ -280,3 +280,61 @@ fn short_arena_and_wrong_lengths_are_run_errors() {
     plan.run(&mut arena, &input, &mut out).unwrap();
     assert_eq!(out, want);
 }
+
+/// In place is allowed only where the input dies: an Add reading `a` after a Requant
+/// wrote `b` over it is an overlap; the same with the Add reading `b` alone parses, and
+/// resealed mutations of it never panic.
+#[test]
+fn in_place_only_over_dead_inputs() {
+    let qs = [q(0.1, 0), q(0.2, 3)];
+    let build = |read_a_again: bool| {
+        let mut w = PlanWriter::new();
+        let a = w.tensor(0, [1, 1, 8]);
+        let b = w.tensor(0, [1, 1, 8]);
+        let c = w.tensor(8, [1, 1, 8]);
+        let d = w.tensor(16, [1, 1, 8]);
+        w.requant(a, b, qs, true);
+        w.requant(b, c, [qs[1], qs[0]], false);
+        let x = if read_a_again { a } else { c };
+        w.add(x, c, d, [qs[0]; 3], false);
+        w.io(a, qs[0], d, qs[0]);
+        w.finish()
+    };
+    assert_eq!(
+        parse_err(&build(true)),
+        Some(PlanError::Overlap { a: 0, b: 1 })
+    );
+    // b over a, a dead after the Requant: a hand-over
+    assert!(Plan::parse(&build(false)).is_ok());
+    let mut w = PlanWriter::new();
+    let a = w.tensor(0, [1, 1, 8]);
+    let b = w.tensor(0, [1, 1, 8]);
+    let c = w.tensor(8, [1, 1, 8]);
+    w.requant(a, b, qs, true);
+    w.add(b, a, c, [qs[1], qs[0], qs[0]], false); // reads a after b replaced it
+    w.io(a, qs[0], c, qs[0]);
+    assert!(matches!(
+        parse_err(&w.finish()),
+        Some(PlanError::Overlap { a: 0, b: 1 })
+    ));
+    let mut w = PlanWriter::new();
+    let a = w.tensor(0, [1, 1, 8]);
+    let b = w.tensor(0, [1, 1, 8]);
+    let c = w.tensor(8, [1, 1, 8]);
+    let d = w.tensor(8, [1, 1, 8]);
+    w.requant(a, b, qs, true);
+    w.requant(b, c, [qs[1], qs[0]], false);
+    w.add(c, b, d, [qs[0], qs[1], qs[0]], true); // d over c, in place
+    w.io(a, qs[0], d, qs[0]);
+    let bytes = w.finish();
+    let input: Vec<i8> = (0..8i32).map(|v| (v * 30 - 100) as i8).collect();
+    parse_and_run(&bytes, &input).unwrap();
+    let mut rng = Rng(5);
+    for _ in 0..5_000 {
+        let mut m = bytes.clone();
+        let at = 56 + rng.below(m.len() - 56);
+        m[at] = rng.next() as u8;
+        seal(&mut m);
+        let _ = parse_and_run(&m, &input);
+    }
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{codes, q, Rng};
+use common::{codes, every_op_writer, q, Rng};
 use splitnas_kernels::int8::{conv, elementwise, pool, OutQ, Requant};
 use splitnas_kernels::Geom;
 use splitnas_micro::writer::{DenseSpec, PlanWriter};
@@ -229,4 +229,90 @@ fn hand_computed_conv() {
     w.io(tx, q(1.0, 1), ty, q(1.0, -1));
     let got = run(&w.finish(), &[1, 2, 5, -3]);
     assert_eq!(got, [1, 2, 5, -3, -3, -3, -5, -1]);
+}
+
+/// The every-op plan with offsets from the memory planner instead of by hand: it parses
+/// (no tensors alive together share bytes), gives the same output, and its arena is
+/// within 1.1x the lower bound for the order.
+#[test]
+fn planned_memory_runs_the_same() {
+    let (w, input) = every_op_writer();
+    let want = run(&w.finish(), &input);
+    let mut planned = w.clone();
+    let layout = planned.plan_memory(4, false);
+    println!(
+        "sram_peak_bytes={} lower_bound={} sum={} (by hand: 252)",
+        layout.peak, layout.lower_bound, layout.sum
+    );
+    assert!(
+        layout.peak as f64 <= 1.1 * layout.lower_bound as f64,
+        "{layout:?}"
+    );
+    assert!(layout.peak <= 252);
+    let bytes = planned.finish();
+    assert_eq!(
+        Plan::parse(&bytes).unwrap().arena_len(),
+        layout.peak as usize
+    );
+    assert_eq!(run(&bytes, &input), want);
+}
+
+/// In place: relu over the conv's output, an add over one of its inputs (both die at
+/// it); the planner puts them on shared bytes, parse accepts the hand-overs, and the outputs equal
+/// the plan without in-place ops (and the kernels').
+#[test]
+fn in_place_relu_and_add_run_the_same() {
+    let mut rng = Rng(21);
+    let g = Geom::square(2, [5, 5], 3, 1, 1, 1);
+    let x = codes(&mut rng, 50);
+    let wt = codes(&mut rng, 2 * 2 * 9);
+    let rq = [Requant::new(0.004)];
+    let (qc, qr, qy) = (q(0.05, 3), q(0.04, -10), q(0.06, 1));
+    let build = |in_place: bool| {
+        let mut w = PlanWriter::new();
+        let tx = w.tensor(0, [2, 5, 5]);
+        let tc = w.tensor(0, [2, 5, 5]);
+        let tr = w.tensor(0, [2, 5, 5]);
+        let ty = w.tensor(0, [2, 5, 5]);
+        let spec = DenseSpec {
+            wt: &wt,
+            bias: None,
+            requant: &rq,
+            zx: 0,
+            out_zero: qc.zero,
+            relu: false,
+            groups: 1,
+        };
+        w.conv(tx, tc, &g, spec);
+        w.requant(tc, tr, [qc, qr], true);
+        w.add(tx, tr, ty, [q(0.1, 0), qr, qy], false);
+        w.io(tx, q(0.1, 0), ty, qy);
+        let layout = w.plan_memory(1, in_place);
+        (w.finish(), layout)
+    };
+    let (plain, lp) = build(false);
+    let (shared, ls) = build(true);
+    println!(
+        "without in place: peak {} bound {}; with: peak {} bound {}",
+        lp.peak, lp.lower_bound, ls.peak, ls.lower_bound
+    );
+    assert_eq!((lp.peak, ls.peak), (150, 100));
+    // r over c (relu in place), y over x (the add is x's last reader, its first input)
+    let o = &ls.offsets;
+    assert_eq!((o[1], o[3]), (o[2], o[0]), "{o:?}");
+    let want = run(&plain, &x);
+    assert_eq!(run(&shared, &x), want);
+    let f = conv::Filter {
+        wt: &wt,
+        bias: None,
+        requant: &rq,
+        groups: 1,
+    };
+    let mut c = vec![0i8; 50];
+    conv::conv(&x, 0, 1, &g, f, OutQ::new(qc.zero), &mut c);
+    let mut r = vec![0i8; 50];
+    elementwise::requant(&c, qc, qr, true, &mut r);
+    let mut y = vec![0i8; 50];
+    elementwise::add(&x, &r, [q(0.1, 0), qr, qy], false, &mut y);
+    assert_eq!(want, y);
 }

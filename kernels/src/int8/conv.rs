@@ -454,9 +454,17 @@ pub fn conv_into(
                             if lo >= hi.min(g.ow) {
                                 continue;
                             }
-                            let (wv, src) = (wv as i32, row[start..].iter().step_by(g.sw));
-                            for (a, &v) in acc[lo..hi].iter_mut().zip(src) {
-                                *a = a.wrapping_add(wv * (v as i32 - zx));
+                            let (wv, acc) = (wv as i32, &mut acc[lo..hi]);
+                            if g.sw == 1 {
+                                // contiguous: the loop vectorizes
+                                for (a, &v) in acc.iter_mut().zip(&row[start..]) {
+                                    *a = a.wrapping_add(wv * (v as i32 - zx));
+                                }
+                            } else {
+                                let src = row[start..].iter().step_by(g.sw);
+                                for (a, &v) in acc.iter_mut().zip(src) {
+                                    *a = a.wrapping_add(wv * (v as i32 - zx));
+                                }
                             }
                         }
                     }

@@ -5,8 +5,8 @@
 //! exactly:
 //!
 //! - [`requant`]: a value from one quantization to another, with an optional ReLU (Relu,
-//!   a Q after a DQ of other parameters);
-//! - [`add`]: `Q(DQ(a) + DQ(b))`, with an optional ReLU;
+//!   a Q after a DQ of other parameters); [`requant_in_place`] over its input;
+//! - [`add`]: `Q(DQ(a) + DQ(b))`, with an optional ReLU; [`add_in_place`] over `a`;
 //! - [`concat`]: parts requantized to the output's parameters (copied when equal);
 //! - [`affine`]: `Q(DQ(x) a[c] + b[c])` per channel (BatchNormalization, Mul or Add by a
 //!   constant between a DQ and a Q);
@@ -75,6 +75,35 @@ unsafe fn requant_avx2(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8])
     requant_loops(x, xq, yq, relu, y)
 }
 
+/// One code of [`requant`] between two different quantizations: loop-invariant
+/// parameters, so the loops vectorize.
+#[derive(Clone, Copy)]
+struct Requantize {
+    sx: f32,
+    zx: i32,
+    sy: f32,
+    zy: i32,
+    lo: f32,
+}
+
+impl Requantize {
+    #[inline(always)]
+    fn new(xq: Quant, yq: Quant, relu: bool) -> Self {
+        let lo = if relu { 0.0 } else { f32::MIN };
+        let (sx, zx, sy, zy) = (xq.scale, xq.zero as i32, yq.scale, yq.zero as i32);
+        Self { sx, zx, sy, zy, lo }
+    }
+
+    #[inline(always)]
+    fn code(self, v: i8) -> i8 {
+        quantize(
+            dequantize(v, self.sx, self.zx).max(self.lo),
+            self.sy,
+            self.zy,
+        )
+    }
+}
+
 /// [`requant`]'s portable loops (the result's definition).
 #[inline(always)]
 pub fn requant_loops(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
@@ -85,10 +114,25 @@ pub fn requant_loops(x: &[i8], xq: Quant, yq: Quant, relu: bool, y: &mut [i8]) {
         }
         return;
     }
-    let lo = if relu { 0.0 } else { f32::MIN };
-    let (zx, zy) = (xq.zero as i32, yq.zero as i32);
+    let f = Requantize::new(xq, yq, relu);
     for (d, &v) in y.iter_mut().zip(x) {
-        *d = quantize(dequantize(v, xq.scale, zx).max(lo), yq.scale, zy);
+        *d = f.code(v);
+    }
+}
+
+/// [`requant`] with the output written over its input (`xy` holds `x`, then `y`): the
+/// same codes, one thread, the portable loops.
+pub fn requant_in_place(xy: &mut [i8], xq: Quant, yq: Quant, relu: bool) {
+    if xq == yq {
+        let lo = if relu { yq.zero } else { i8::MIN };
+        for d in xy.iter_mut() {
+            *d = (*d).max(lo);
+        }
+        return;
+    }
+    let f = Requantize::new(xq, yq, relu);
+    for d in xy.iter_mut() {
+        *d = f.code(*d);
     }
 }
 
@@ -117,14 +161,49 @@ unsafe fn add_avx2(a: &[i8], b: &[i8], q: [Quant; 3], relu: bool, y: &mut [i8]) 
     add_loops(a, b, q, relu, y)
 }
 
+/// One code of [`add`].
+#[derive(Clone, Copy)]
+struct Sum {
+    q: [Quant; 3],
+    lo: f32,
+}
+
+impl Sum {
+    #[inline(always)]
+    fn code(self, va: i8, vb: i8) -> i8 {
+        let [qa, qb, qy] = self.q;
+        let real =
+            dequantize(va, qa.scale, qa.zero as i32) + dequantize(vb, qb.scale, qb.zero as i32);
+        quantize(real.max(self.lo), qy.scale, qy.zero as i32)
+    }
+}
+
 /// [`add`]'s portable loops.
 #[inline(always)]
-pub fn add_loops(a: &[i8], b: &[i8], [qa, qb, qy]: [Quant; 3], relu: bool, y: &mut [i8]) {
-    let lo = if relu { 0.0 } else { f32::MIN };
-    let (za, zb, zy) = (qa.zero as i32, qb.zero as i32, qy.zero as i32);
+pub fn add_loops(a: &[i8], b: &[i8], q: [Quant; 3], relu: bool, y: &mut [i8]) {
+    let f = Sum {
+        q,
+        lo: if relu { 0.0 } else { f32::MIN },
+    };
     for ((d, &va), &vb) in y.iter_mut().zip(a).zip(b) {
-        let real = dequantize(va, qa.scale, za) + dequantize(vb, qb.scale, zb);
-        *d = quantize(real.max(lo), qy.scale, zy);
+        *d = f.code(va, vb);
+    }
+}
+
+/// [`add`] with the output written over its first input (`ay` holds `a`, then `y`):
+/// the same codes, one thread. (The f32 sum is commutative: a caller overwriting `b`
+/// passes it first, with the quantizations swapped.)
+///
+/// # Panics
+/// When the lengths differ.
+pub fn add_in_place(ay: &mut [i8], b: &[i8], q: [Quant; 3], relu: bool) {
+    assert_eq!(ay.len(), b.len(), "int8 add lengths");
+    let f = Sum {
+        q,
+        lo: if relu { 0.0 } else { f32::MIN },
+    };
+    for (d, &vb) in ay.iter_mut().zip(b) {
+        *d = f.code(*d, vb);
     }
 }
 
@@ -313,6 +392,34 @@ mod tests {
         affine(&x, [qs[0], qs[1]], 59, &mul, &off, &mut got);
         affine_loops(&x, [qs[0], qs[1]], 59, &mul, &off, &mut want);
         assert_eq!(got, want, "affine");
+    }
+
+    /// The in-place variants give the two-slice codes (and `add` is commutative).
+    #[test]
+    fn in_place_equals_two_slices() {
+        let (a, b) = (codes(517, 4), codes(517, 5));
+        let qs = [
+            Quant::new(0.031, -5),
+            Quant::new(0.017, 12),
+            Quant::new(0.05, 3),
+        ];
+        for relu in [false, true] {
+            for (xq, yq) in [(qs[0], qs[1]), (qs[2], qs[2])] {
+                let mut want = vec![0i8; a.len()];
+                requant(&a, xq, yq, relu, &mut want);
+                let mut got = a.clone();
+                requant_in_place(&mut got, xq, yq, relu);
+                assert_eq!(got, want, "requant relu={relu}");
+            }
+            let mut want = vec![0i8; a.len()];
+            add(&a, &b, qs, relu, &mut want);
+            let mut got = a.clone();
+            add_in_place(&mut got, &b, qs, relu);
+            assert_eq!(got, want, "add relu={relu}");
+            let mut got = b.clone();
+            add_in_place(&mut got, &a, [qs[1], qs[0], qs[2]], relu);
+            assert_eq!(got, want, "add into b, relu={relu}");
+        }
     }
 
     /// The vectorizable quantization is `quant::quantize_one` (ties to even, saturation)

@@ -73,13 +73,21 @@ fn planes_into(x: &[i8], g: &Geom, y: &mut [i8], mut f: impl FnMut(&[i8], &mut [
     }
 }
 
-/// `fold(acc[ow], x)` for every in-image tap of output row `oh`, in row-major order;
-/// `span(j)` is [`Geom::col_span`] of kernel column `j` (computed once per call by the
-/// allocating kernels: recomputing them per row cost more than small planes' pooling).
+/// The column spans of a window's kernel columns ([`Geom::col_span`]): a table computed
+/// once per call by the allocating kernels (recomputing them per row cost more than
+/// small planes' pooling), or computed per row without allocation.
+#[derive(Clone, Copy)]
+enum Spans<'a> {
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+    Table(&'a [(usize, usize, usize)]),
+    Computed,
+}
+
+/// `fold(acc[ow], x)` for every in-image tap of output row `oh`, in row-major order.
 #[inline(always)]
 fn row_taps<T: Copy>(
     g: &Geom,
-    span: impl Fn(usize) -> (usize, usize, usize),
+    spans: Spans,
     src: &[i8],
     oh: usize,
     acc: &mut [T],
@@ -88,11 +96,10 @@ fn row_taps<T: Copy>(
     let (r0, r1) = g.rows(oh);
     for r in r0..r1 {
         let srow = &src[r * g.w..][..g.w];
-        for j in 0..g.kw {
-            let (lo, hi, start) = span(j);
+        let mut tap = |(lo, hi, start): (usize, usize, usize)| {
             let (lo, hi) = (lo.min(g.ow), hi.min(g.ow));
             if lo >= hi {
-                continue;
+                return;
             }
             if g.sw == 1 {
                 for (a, &v) in acc[lo..hi].iter_mut().zip(&srow[start..]) {
@@ -106,6 +113,10 @@ fn row_taps<T: Copy>(
                     *a = fold(*a, v);
                 }
             }
+        };
+        match spans {
+            Spans::Table(t) => t.iter().for_each(|&s| tap(s)),
+            Spans::Computed => (0..g.kw).for_each(|j| tap(g.col_span(j))),
         }
     }
 }
@@ -132,7 +143,7 @@ pub fn max(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
 /// As [`max`].
 pub fn max_into(x: &[i8], n: usize, g: &Geom, y: &mut [i8]) {
     check(x.len(), y.len(), n, g);
-    planes_into(x, g, y, |src, o| max_plane(g, |j| g.col_span(j), src, o));
+    planes_into(x, g, y, |src, o| max_plane(g, Spans::Computed, src, o));
 }
 
 /// [`max`]'s loops compiled for AVX2 (byte maxima 32 lanes a step; the baseline x86_64
@@ -151,16 +162,16 @@ unsafe fn max_avx2(x: &[i8], g: &Geom, y: &mut [i8]) {
 fn max_loops(x: &[i8], g: &Geom, y: &mut [i8]) {
     let spans = g.col_spans();
     planes(x, g, y, Vec::new, |src, o, _| {
-        max_plane(g, |j| spans[j], src, o)
+        max_plane(g, Spans::Table(&spans), src, o)
     });
 }
 
 /// One plane's maxima.
 #[inline(always)]
-fn max_plane(g: &Geom, span: impl Fn(usize) -> (usize, usize, usize), src: &[i8], o: &mut [i8]) {
+fn max_plane(g: &Geom, spans: Spans, src: &[i8], o: &mut [i8]) {
     for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
         orow.fill(i8::MIN);
-        row_taps(g, &span, src, oh, orow, |a, v| a.max(v));
+        row_taps(g, spans, src, oh, orow, |a, v| a.max(v));
     }
 }
 
@@ -242,7 +253,17 @@ pub fn avg_into(
     let (acc, table) = scratch[..avg_scratch_len(g)].split_at_mut(g.ow);
     let div = Divide::new(xq, yq, g.kh * g.kw, table);
     planes_into(x, g, y, |src, o| {
-        avg_plane(g, |j| g.col_span(j), src, count_pad, [xq, yq], div, acc, o)
+        avg_plane(
+            g,
+            Spans::Computed,
+            src,
+            None,
+            count_pad,
+            [xq, yq],
+            div,
+            acc,
+            o,
+        )
     });
 }
 
@@ -262,19 +283,36 @@ fn avg_loops(x: &[i8], g: &Geom, count_pad: bool, [xq, yq]: [Quant; 2], y: &mut 
     let spans = g.col_spans();
     let mut table = alloc::vec![0; 2 * g.kh * g.kw];
     let div = Divide::new(xq, yq, g.kh * g.kw, &mut table);
+    // the counts of every output, once per call
+    let counts: Vec<i32> = (0..g.plane_out())
+        .map(|i| count(g, count_pad, i / g.ow, i % g.ow))
+        .collect();
     let row = || alloc::vec![0; g.ow];
     planes(x, g, y, row, |src, o, acc| {
-        avg_plane(g, |j| spans[j], src, count_pad, [xq, yq], div, acc, o)
+        let counts = Some(&counts[..]);
+        avg_plane(
+            g,
+            Spans::Table(&spans),
+            src,
+            counts,
+            count_pad,
+            [xq, yq],
+            div,
+            acc,
+            o,
+        )
     });
 }
 
-/// One plane's averages, output row by output row into `acc` (`ow` sums).
+/// One plane's averages, output row by output row into `acc` (`ow` sums); `counts`
+/// the divisor of every output of the plane (computed per output when none).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn avg_plane(
     g: &Geom,
-    span: impl Fn(usize) -> (usize, usize, usize),
+    spans: Spans,
     src: &[i8],
+    counts: Option<&[i32]>,
     count_pad: bool,
     [xq, yq]: [Quant; 2],
     div: Divide,
@@ -282,21 +320,34 @@ fn avg_plane(
     o: &mut [i8],
 ) {
     let (zx, out) = (xq.zero as i32, OutQ::new(yq.zero));
-    let full = (g.kh * g.kw) as i32;
     for (oh, orow) in o.chunks_exact_mut(g.ow).enumerate() {
         acc.fill(0);
-        row_taps(g, &span, src, oh, acc, |a, v| a + (v as i32 - zx));
-        let (r0, r1) = g.rows(oh);
-        let rows = (r1 - r0) as i32;
-        for (ow, (d, &s)) in orow.iter_mut().zip(acc.iter()).enumerate() {
-            let c = if count_pad {
-                full
-            } else {
-                rows * g.cols(ow) as i32
-            };
-            *d = out.store(div.apply(s, c));
+        row_taps(g, spans, src, oh, acc, |a, v| a + (v as i32 - zx));
+        match counts {
+            Some(c) => {
+                let c = &c[oh * g.ow..][..g.ow];
+                for ((d, &s), &c) in orow.iter_mut().zip(acc.iter()).zip(c) {
+                    *d = out.store(div.apply(s, c));
+                }
+            }
+            None => {
+                for (ow, (d, &s)) in orow.iter_mut().zip(acc.iter()).enumerate() {
+                    *d = out.store(div.apply(s, count(g, count_pad, oh, ow)));
+                }
+            }
         }
     }
+}
+
+/// Taps output `(oh, ow)`'s average divides by: the whole kernel with `count_pad`, else
+/// those inside the image.
+#[inline(always)]
+fn count(g: &Geom, count_pad: bool, oh: usize, ow: usize) -> i32 {
+    if count_pad {
+        return (g.kh * g.kw) as i32;
+    }
+    let (r0, r1) = g.rows(oh);
+    ((r1 - r0) * g.cols(ow)) as i32
 }
 
 /// Global average pooling of `x [n, C, hw]` (quantized by `xq`) into `y [n, C]` (by

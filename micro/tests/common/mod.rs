@@ -38,6 +38,12 @@ pub fn q(scale: f32, zero: i8) -> Quant {
 /// concat, slice, pad, affine, global average, gemm), its input length and a valid
 /// input.
 pub fn every_op() -> (Vec<u8>, Vec<i8>) {
+    let (w, input) = every_op_writer();
+    (w.finish(), input)
+}
+
+/// [`every_op`]'s writer (offsets placed by hand), before `finish`.
+pub fn every_op_writer() -> (PlanWriter, Vec<i8>) {
     let mut rng = Rng(99);
     let mut w = PlanWriter::new();
     let qa = q(0.05, -3);
@@ -112,5 +118,5 @@ pub fn every_op() -> (Vec<u8>, Vec<i8>) {
     w.gemm(tg, ty, 4, spec);
     w.io(tx, qa, ty, q(0.1, 0));
     let input = codes(&mut rng, 72);
-    (w.finish(), input)
+    (w, input)
 }
