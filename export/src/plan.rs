@@ -142,6 +142,15 @@ fn value_dims(p: &Program, input: [usize; 3]) -> Vec<[u32; 3]> {
             Op::Requant { x, .. } | Op::Affine { x, .. } | Op::Add { a: x, .. } => {
                 dims[y] = dims[*x]
             }
+            Op::Concat { xs, outer: 1, .. } => {
+                // along the first axis of parts of one trailing shape
+                let tail = dims[xs[0].0];
+                if xs.iter().all(|&(v, _)| dims[v][1..] == tail[1..]) {
+                    let d0: u32 = xs.iter().map(|&(v, _)| dims[v][0]).sum();
+                    let d = [d0, tail[1], tail[2]].map(|x| x as usize);
+                    set(&mut dims, y, d);
+                }
+            }
             Op::GlobalAvg { .. } | Op::Concat { .. } => {}
         }
     }
