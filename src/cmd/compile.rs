@@ -73,7 +73,11 @@ pub fn run(a: CompileArgs) -> Result<()> {
     let json = serde_json::to_vec_pretty(&meta)?;
     splitnas_export::write_atomic(&PlanMeta::path(&plan), &json)
         .with_context(|| format!("--out {}", a.out.display()))?;
-    println!("wrote {}: {} ops for {:?}", plan.display(), c.ops, a.target);
+    let target = match a.target {
+        CompileTarget::CortexM4 => "cortex-m4",
+        CompileTarget::Host => "host",
+    };
+    println!("wrote {}: {} ops for {target}", plan.display(), c.ops);
     println!(
         "flash_bytes={} sram_peak_bytes={} macs={}",
         c.flash_bytes, c.sram_peak, c.macs
