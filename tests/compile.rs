@@ -144,6 +144,22 @@ fn compiled_plan_matches_the_int8_engine_bit_for_bit() {
     assert_eq!((sa, bits(&a)), (sb, bits(&b)));
     assert_eq!(bits(&a), bits(&engine));
 
+    // an image: normalized with model.json's mean/std beside the plan, as the ONNX
+    // file's metadata says; the same lines printed
+    let png = dir.path().join("i.png");
+    let pixels: Vec<u8> = (0..28 * 28).map(|i| (i * 37 % 256) as u8).collect();
+    image::GrayImage::from_raw(28, 28, pixels)
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let on = |file: &str| {
+        let (ok, out, err) = splitnas(&["run", file, "--input", png.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        out
+    };
+    assert!(out.join("model.json").exists());
+    assert_eq!(on(plan_path.to_str().unwrap()), on(&int8));
+
     // the host target writes the same plan (no budget)
     let host = dir.path().join("host");
     let (ok, stdout_host, err) = splitnas(&[
