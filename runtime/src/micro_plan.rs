@@ -50,6 +50,7 @@ impl PlanModel {
         Ok(Self { bytes })
     }
 
+    /// The plan, parsed again (each call checks it: a run parses once).
     fn plan(&self) -> Plan<'_> {
         // checked in `new`; parse is a pure function of the bytes
         Plan::parse(&self.bytes).expect("checked at construction")
@@ -79,20 +80,7 @@ impl PlanModel {
 
     /// The quantized logits `[n, classes]` of `n` quantized images.
     pub fn run_codes(&self, x: &[i8], n: usize) -> Result<Vec<i8>, PlanRunError> {
-        let plan = self.plan();
-        let (per, k) = (plan.input_len(), plan.output_len());
-        if x.len() != n * per {
-            return Err(PlanRunError::Input {
-                values: x.len(),
-                per,
-            });
-        }
-        let mut arena = vec![0i8; plan.arena_len()];
-        let mut y = vec![0i8; n * k];
-        for (xi, yi) in x.chunks(per.max(1)).zip(y.chunks_mut(k.max(1))) {
-            plan.run(&mut arena, xi, yi).map_err(PlanRunError::Run)?;
-        }
-        Ok(y)
+        codes(&self.plan(), x, n)
     }
 
     /// Logits `[n, classes]` of `n` images given as flat floats: quantized as the int8
@@ -108,11 +96,28 @@ impl PlanModel {
         let (iq, oq) = (plan.input_quant(), plan.output_quant());
         let mut q = vec![0i8; x.len()];
         quant::quantize(x, &[iq.scale], &[iq.zero], 1, &mut q);
-        let codes = self.run_codes(&q, n)?;
+        let codes = codes(&plan, &q, n)?;
         let mut y = vec![0f32; codes.len()];
         quant::dequantize(&codes, &[oq.scale], &[oq.zero], 1, &mut y);
         Ok(y)
     }
+}
+
+/// `plan` on `n` quantized images, one arena reused.
+fn codes(plan: &Plan<'_>, x: &[i8], n: usize) -> Result<Vec<i8>, PlanRunError> {
+    let (per, k) = (plan.input_len(), plan.output_len());
+    if x.len() != n * per {
+        return Err(PlanRunError::Input {
+            values: x.len(),
+            per,
+        });
+    }
+    let mut arena = vec![0i8; plan.arena_len()];
+    let mut y = vec![0i8; n * k];
+    for (xi, yi) in x.chunks(per.max(1)).zip(y.chunks_mut(k.max(1))) {
+        plan.run(&mut arena, xi, yi).map_err(PlanRunError::Run)?;
+    }
+    Ok(y)
 }
 
 /// What a plan does not hold and `splitnas run` wants: the normalization of images and
