@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 use cmd::args::UnknownValue;
-use cmd::{bench, compare, export, genotype, plot, quantize, quickstart, run, search, train};
+use cmd::{
+    bench, compare, compile, export, genotype, plot, quantize, quickstart, run, search, train,
+};
 use splitnas_runtime::cli::{report, UnknownDevice};
 
 /// mimalloc instead of the system allocator: Burn allocates a fresh buffer for
@@ -38,7 +40,10 @@ enum Command {
     Export(export::ExportArgs),
     /// Quantize a float ONNX file to int8 (QDQ), calibrated on training images.
     Quantize(quantize::QuantizeArgs),
-    /// Run an ONNX file with Burn on images or a .npy tensor and print the top classes.
+    /// Compile an int8 QDQ file into a microcontroller plan (DIR/model.plan) within a
+    /// target's SRAM and flash budgets.
+    Compile(compile::CompileArgs),
+    /// Run an ONNX file (or a compiled plan) on images or a .npy tensor and print the top classes.
     Run(run::RunArgs),
     /// Inspect genotypes.
     #[command(subcommand)]
@@ -106,6 +111,7 @@ fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Export(a)) => export::run(a),
         Some(Command::Quantize(a)) => quantize::run(a),
+        Some(Command::Compile(a)) => compile::run(a),
         Some(Command::Run(a)) => run::run(a),
         Some(Command::Genotype(c)) => genotype::run(c),
         Some(Command::Bench(c)) => bench::run(c),

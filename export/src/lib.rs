@@ -21,6 +21,7 @@
 pub mod compact;
 pub mod fold;
 pub mod onnx;
+pub mod plan;
 pub mod quantize;
 
 pub use compact::{compact, CompactError, CompactNetwork};

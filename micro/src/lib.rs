@@ -183,6 +183,16 @@ impl<'a> Plan<'a> {
         self.tensor(self.output).map_or(0, |t| t.len as usize)
     }
 
+    /// The input tensor's id (its shape: [`Plan::tensor`]).
+    pub fn input_id(&self) -> u16 {
+        self.input
+    }
+
+    /// The output tensor's id.
+    pub fn output_id(&self) -> u16 {
+        self.output
+    }
+
     /// The input's quantization (quantize an image with it before [`Plan::run`]).
     pub fn input_quant(&self) -> Quant {
         self.input_quant

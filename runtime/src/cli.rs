@@ -16,7 +16,7 @@
 //! Built with the `cli` feature (default on).
 
 use crate::device::{self, DeviceError};
-use crate::{input, AnyModel, DeviceKind, RuntimeError};
+use crate::{input, micro_plan, AnyModel, DeviceKind, RuntimeError};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -85,6 +85,9 @@ pub enum LoadError {
     /// The runtime's error.
     #[error(transparent)]
     Runtime(RuntimeError),
+    /// A microcontroller plan that does not check (`splitnas_micro::Plan::parse`).
+    #[error("not a valid plan: {0}")]
+    Plan(micro_plan::PlanError),
 }
 
 /// A `--device` value that names no device.
@@ -124,7 +127,8 @@ impl DeviceArg {
 /// Flags of `run`: an ONNX file on images or a .npy tensor.
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
-    /// The ONNX file (from `splitnas export` or PyTorch).
+    /// The ONNX file (from `splitnas export` or PyTorch), or a microcontroller plan
+    /// (`splitnas compile`'s `model.plan`, run on the host).
     pub file: PathBuf,
     /// Inputs: a float32 NCHW .npy tensor (used as is) or image files (PNG/JPEG, resized
     /// and normalized with the file's mean/std).
@@ -179,11 +183,69 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             problem: "must be at least 1",
         });
     }
+    if is_plan_file(&a.file) {
+        return run_plan(a);
+    }
     let model = load(&a.file, a.device.open()?)?;
     if let Some(line) = model.engine_line() {
         eprintln!("{line}");
     }
-    let chw = model.input_shape();
+    let (x, names) = read_inputs(a, model.input_shape(), || model.mean().zip(model.std()))?;
+    let logits = model.run_host(&x, names.len())?;
+    let k = model.num_classes();
+    let classes = model
+        .classes()
+        .unwrap_or_else(|| (0..k).map(|i| format!("class{i}")).collect());
+    print_results(a, &names, &logits, &classes)
+}
+
+/// Whether `file` begins with a plan's magic (`SNPL`); unreadable files are left to the
+/// ONNX loader's error.
+fn is_plan_file(file: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    std::fs::File::open(file)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|_| micro_plan::is_plan(&head))
+}
+
+/// `run` on a microcontroller plan (`splitnas compile`), on the host through
+/// `splitnas-micro`: `engine: micro plan` on stderr; images are normalized with the mean
+/// and std of the `.json` beside the plan (written by `compile`), classes named by it.
+fn run_plan(a: &RunArgs) -> Result<(), CliError> {
+    let bytes = std::fs::read(&a.file).map_err(|source| CliError::Load {
+        file: a.file.clone(),
+        source: LoadError::Runtime(RuntimeError::Io {
+            path: a.file.clone(),
+            source,
+        }),
+    })?;
+    let plan = micro_plan::PlanModel::new(bytes).map_err(|e| CliError::Load {
+        file: a.file.clone(),
+        source: LoadError::Plan(e),
+    })?;
+    eprintln!("engine: micro plan (arena {} bytes)", plan.arena_len());
+    let meta = micro_plan::PlanMeta::beside(&a.file);
+    let (x, names) = read_inputs(a, plan.input_shape(), || {
+        meta.mean_std(plan.input_shape()[0])
+    })?;
+    let logits = plan
+        .run_host(&x, names.len())
+        .map_err(|e| CliError::Runtime(RuntimeError::Input(e.to_string())))?;
+    let k = plan.num_classes();
+    let classes = meta
+        .classes(k)
+        .unwrap_or_else(|| (0..k).map(|i| format!("class{i}")).collect());
+    print_results(a, &names, &logits, &classes)
+}
+
+/// The `--input` files as NCHW floats of images `chw`, and a name per image; images are
+/// normalized with `mean_std()` (an error when it has none).
+fn read_inputs(
+    a: &RunArgs,
+    chw: [usize; 3],
+    mean_std: impl Fn() -> Option<(Vec<f32>, Vec<f32>)>,
+) -> Result<(Vec<f32>, Vec<String>), CliError> {
     let (mut x, mut names) = (vec![], vec![]);
     for path in &a.input {
         let is_npy = path
@@ -194,7 +256,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             x.extend(data);
             names.extend((0..n).map(|i| format!("{}[{i}]", path.display())));
         } else {
-            let (Some(mean), Some(std)) = (model.mean(), model.std()) else {
+            let Some((mean, std)) = mean_std() else {
                 return Err(CliError::NoNormalization {
                     file: a.file.clone(),
                 });
@@ -203,12 +265,17 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
             names.push(path.display().to_string());
         }
     }
-    let n = names.len();
-    let logits = model.run_host(&x, n)?;
-    let k = model.num_classes();
-    let classes = model
-        .classes()
-        .unwrap_or_else(|| (0..k).map(|i| format!("class{i}")).collect());
+    Ok((x, names))
+}
+
+/// Each image's top `--top-k` classes, and `--output`'s logits.
+fn print_results(
+    a: &RunArgs,
+    names: &[String],
+    logits: &[f32],
+    classes: &[String],
+) -> Result<(), CliError> {
+    let (n, k) = (names.len(), classes.len());
     for (name, row) in names.iter().zip(logits.chunks(k)) {
         let max = row.iter().copied().fold(f32::MIN, f32::max);
         let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
@@ -222,7 +289,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         println!("{name}: {}", top.join(", "));
     }
     if let Some(out) = &a.output {
-        input::write_npy(out, &logits, &[n as u64, k as u64]).map_err(CliError::Output)?;
+        input::write_npy(out, logits, &[n as u64, k as u64]).map_err(CliError::Output)?;
         println!("wrote logits [{n}, {k}] to {}", out.display());
     }
     Ok(())

@@ -26,8 +26,9 @@ mod exec;
 mod host;
 mod hostconv;
 pub mod input;
-mod int8;
+pub mod int8;
 mod load;
+pub mod micro_plan;
 pub mod observe;
 mod ops;
 mod plan;
@@ -127,6 +128,12 @@ impl<B: Backend> Model<B> {
     /// a GPU backend, or the engine turned off); None otherwise.
     pub fn engine_note(&self) -> Option<&str> {
         self.int8_note.as_deref()
+    }
+
+    /// The int8 program the int8 engine runs (read-only: the microcontroller compiler
+    /// translates it), None when the model runs on the float path ([`Self::engine_note`]).
+    pub fn int8_program(&self) -> Option<&int8::Program> {
+        self.int8.as_ref()
     }
 
     /// All `metadata_props`.

@@ -321,6 +321,17 @@ impl From<QuantMethod> for splitnas_export::quantize::Method {
     }
 }
 
+/// `compile --target`: the board a plan is for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompileTarget {
+    /// An ARM Cortex-M4 (default budget 256 KiB SRAM, 1 MiB flash).
+    #[value(name = "cortex-m4", aliases = ["cortex_m4", "m4"])]
+    CortexM4,
+    /// This machine (`splitnas run model.plan`): no budget unless given.
+    Host,
+}
+choice!(CompileTarget, "target");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod bench;
 pub mod compare;
+pub mod compile;
 pub mod errors;
 pub mod export;
 pub mod genotype;

@@ -183,6 +183,7 @@ impl<B: Backend> Lower<'_, '_, B> {
             requant: vec![],
         };
         d.set_out(yq, false);
+        self.names[y].clone_from(&q);
         self.ints.insert(q, y);
         self.ops.push(Op::Dense(Box::new(d)));
         Ok(())

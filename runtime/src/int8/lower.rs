@@ -34,6 +34,8 @@ pub(super) struct Lower<'a, 'd, B: Backend> {
     pub ints: HashMap<String, usize>,
     pub deq: HashMap<String, (usize, Quant)>,
     pub sizes: Vec<usize>,
+    /// The ONNX tensor name of each value (empty until an emitted op names it).
+    pub names: Vec<String>,
     pub ops: Vec<Op>,
 }
 
@@ -67,6 +69,7 @@ pub(crate) fn lower<B: Backend>(
         ints: HashMap::new(),
         deq: HashMap::new(),
         sizes: vec![],
+        names: vec![],
         ops: vec![],
     };
     let input_size = l.dims(input)?.iter().product();
@@ -87,6 +90,7 @@ pub(crate) fn lower<B: Backend>(
         input: input_size,
         output,
         free,
+        names: l.names,
     })
 }
 
@@ -94,6 +98,7 @@ impl<'a, B: Backend> Lower<'a, '_, B> {
     /// A new engine value of `size` elements per image.
     pub fn value(&mut self, size: usize) -> usize {
         self.sizes.push(size);
+        self.names.push(String::new());
         self.sizes.len() - 1
     }
 
@@ -168,6 +173,7 @@ impl<'a, B: Backend> Lower<'a, '_, B> {
 
     /// Emits `op` writing a new value for the QuantizeLinear `q` (an arithmetic node).
     pub(super) fn emit_q(&mut self, q: String, op: Op) {
+        self.names[op.out()].clone_from(&q);
         self.ints.insert(q, op.out());
         self.ops.push(op);
     }
@@ -175,6 +181,7 @@ impl<'a, B: Backend> Lower<'a, '_, B> {
     /// Emits `op`, a layout op whose output `out` keeps the quantization `xq`.
     pub(super) fn emit_deq(&mut self, n: &Node, op: Op, xq: Quant) {
         let out = n.proto.output[0].clone();
+        self.names[op.out()].clone_from(&out);
         self.deq.insert(out, (op.out(), xq));
         self.ops.push(op);
     }

@@ -7,6 +7,10 @@
 //! batch, images spread over rayon's pool. Values are i8 buffers; a value's quantization
 //! (`real = scale (q - zero)`) is known at load time and baked into the ops reading it.
 //!
+//! The lowered program is public read-only ([`crate::Model::int8_program`]): the
+//! microcontroller compiler (`splitnas_export::plan`) translates its ops one to one into
+//! a `splitnas-micro` plan.
+//!
 //! Arithmetic: convolutions and dense layers sum in int32 and requantize with the
 //! kernels' fixed-point multipliers (one rounding of a 64-bit product); pools sum in
 //! int32 likewise; the elementwise requantizations (Relu, Add, Concat, a Q after a DQ of
@@ -18,12 +22,14 @@ mod exec;
 mod layout;
 mod lower;
 
+pub use splitnas_host::kernels::int8::{Quant, Requant};
+pub use splitnas_host::kernels::Geom;
+
 use crate::ops::Ctx;
 use burn::tensor::backend::Backend;
 use lower::lower;
 use onnx_protobuf::GraphProto;
-use splitnas_host::kernels::int8::{OutQ, Quant, Requant};
-use splitnas_host::kernels::Geom;
+use splitnas_host::kernels::int8::OutQ;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -56,7 +62,8 @@ pub(crate) fn choose<B: Backend>(
 
 /// A quantized model lowered to int8 ops.
 #[derive(Debug)]
-pub(crate) struct Program {
+pub struct Program {
+    /// The ops in execution order.
     pub ops: Vec<Op>,
     /// Elements per image of each value.
     pub sizes: Vec<usize>,
@@ -66,14 +73,19 @@ pub(crate) struct Program {
     pub output: (usize, Quant),
     /// For each op, the values it reads last (freed after it).
     pub free: Vec<Vec<usize>>,
+    /// The ONNX tensor each value holds (the QuantizeLinear output or layout op output
+    /// that named it; empty when none did).
+    pub names: Vec<String>,
 }
 
 /// A convolution or fully connected layer: int8 weights `[M, K]` (a convolution's
 /// `[M, C / groups, kh, kw]`), symmetric per output channel, int32 bias in accumulator
 /// units, requantized per output channel into `out`.
 #[derive(Debug)]
-pub(crate) struct Dense {
+pub struct Dense {
+    /// The value read.
     pub x: usize,
+    /// The value written.
     pub y: usize,
     /// Input zero point.
     pub zx: i8,
@@ -81,13 +93,16 @@ pub(crate) struct Dense {
     pub conv: Option<(Geom, usize)>,
     /// K of a fully connected layer.
     pub k: usize,
+    /// Weights `[M, K]`.
     pub w: Vec<i8>,
+    /// Bias `[M]` in accumulator units.
     pub bias: Option<Vec<i32>>,
     /// Accumulator scale per output channel, `s_x s_w[m]` (in f64, as the kernels'
     /// `Requant::from_scales` takes it).
     pub acc_scale: Vec<f64>,
-    /// Output quantization and a fused ReLU.
+    /// Output quantization.
     pub out: Quant,
+    /// A fused ReLU (the output clamped at its zero point).
     pub relu: bool,
     /// `acc_scale / out.scale` as fixed-point multipliers.
     pub requant: Vec<Requant>,
@@ -95,7 +110,7 @@ pub(crate) struct Dense {
 
 impl Dense {
     /// Sets the output quantization (and ReLU), recomputing the multipliers.
-    pub fn set_out(&mut self, out: Quant, relu: bool) {
+    pub(crate) fn set_out(&mut self, out: Quant, relu: bool) {
         self.requant = self
             .acc_scale
             .iter()
@@ -105,14 +120,15 @@ impl Dense {
         self.relu = relu;
     }
 
-    pub fn out_q(&self) -> OutQ {
+    pub(crate) fn out_q(&self) -> OutQ {
         OutQ::with_relu(self.out.zero, self.relu)
     }
 }
 
 /// One int8 operation; `x`, `a`, `b`, `xs` are the values read, `y` the value written.
 #[derive(Debug)]
-pub(crate) enum Op {
+#[allow(missing_docs)] // the fields are named as in `Dense`: x, a, b read, y written
+pub enum Op {
     /// The float input quantized (`QuantizeLinear`).
     Quantize { y: usize, q: Quant },
     /// Convolution or Gemm / MatMul.
