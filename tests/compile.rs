@@ -93,6 +93,17 @@ fn compiled_plan_matches_the_int8_engine_bit_for_bit() {
     assert!(peak as f64 <= 1.1 * lb as f64, "{stdout}");
     assert!(flash <= 1 << 20 && peak <= 256 << 10, "{stdout}");
     assert!(macs > 1_000_000, "{stdout}");
+    // the op order: the smallest arena of the candidates, never above the program's; the
+    // engine below runs the program's order, so the codes check the reordering too
+    let order = stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("order="))
+        .expect("an order= line");
+    assert!(
+        ["program", "min-growth", "min-alive"].contains(&order),
+        "{stdout}"
+    );
+    assert!(peak <= f["program_order_sram_bytes"], "{stdout}");
 
     // in-process: the engine against micro on 8 images
     type Cpu = burn::backend::Flex;
@@ -169,10 +180,32 @@ fn compiled_plan_matches_the_int8_engine_bit_for_bit() {
         "host",
         "--out",
         host.to_str().unwrap(),
+        "--eval",
+        "--eval-images",
+        "60",
+        "--dataset",
+        "fashion-mnist",
     ]);
     assert!(ok, "{err}");
     assert_eq!(std::fs::read(host.join("model.plan")).unwrap(), bytes);
     assert_eq!(pairs(&stdout_host)["sram_peak_bytes"], peak);
+    // --eval: the plan and the engine on 60 test images, every row bit-identical (the
+    // engine is the independent executor, as above)
+    let line = stdout_host
+        .lines()
+        .find(|l| l.starts_with("plan_acc="))
+        .unwrap_or_else(|| panic!("no plan_acc= line: {stdout_host}"));
+    let (mut plan_acc, mut int8_acc) = (None, None);
+    for kv in line.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("plan_acc", v)) => plan_acc = v.parse::<f64>().ok(),
+            Some(("int8_acc", v)) => int8_acc = v.parse::<f64>().ok(),
+            Some(("identical_logits", v)) => assert_eq!(v, "60/60", "{line}"),
+            _ => panic!("unexpected {kv} in {line}"),
+        }
+    }
+    assert_eq!(plan_acc, int8_acc, "{line}");
+    assert!(plan_acc.is_some_and(|a| (0.0..=1.0).contains(&a)), "{line}");
 }
 
 #[test]

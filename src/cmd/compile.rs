@@ -3,12 +3,12 @@
 //! plan), checked against the target's SRAM and flash budgets; `DIR/model.json` keeps
 //! the file's mean, std and class names for `splitnas run DIR/model.plan` on images.
 
-use super::args::{choice, CompileTarget};
-use super::errors;
+use super::args::{choice, CompileTarget, OptionalDataArgs};
+use super::{errors, testset};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use splitnas_export::plan::{compile, Budget};
-use splitnas_runtime::micro_plan::PlanMeta;
+use splitnas_runtime::micro_plan::{PlanMeta, PlanModel};
 use splitnas_runtime::{with_int8, Model};
 use std::path::PathBuf;
 
@@ -34,9 +34,22 @@ pub struct CompileArgs {
     /// Flash budget in bytes: the plan must fit.
     #[arg(long)]
     flash: Option<u64>,
+    /// Run the plan (on the host, with splitnas-micro) and the int8 file (the runtime's
+    /// int8 engine) on the test split and print `plan_acc=... int8_acc=...
+    /// identical_logits=N/M`.
+    #[arg(long)]
+    eval: bool,
+    /// With --eval: only the first N test images (default: the whole test split).
+    #[arg(long, requires = "eval")]
+    eval_images: Option<usize>,
+    #[command(flatten)]
+    data: OptionalDataArgs,
 }
 
 pub fn run(a: CompileArgs) -> Result<()> {
+    if a.eval_images == Some(0) {
+        bail!("--eval-images: must be at least 1 (got 0)");
+    }
     let file = a.file.display().to_string();
     let bytes = std::fs::read(&a.file).with_context(|| format!("cannot read {file}"))?;
     let model = with_int8(true, || {
@@ -85,6 +98,40 @@ pub fn run(a: CompileArgs) -> Result<()> {
     println!(
         "activations_sum_bytes={} lower_bound_bytes={}",
         c.activations_sum, c.lower_bound
+    );
+    println!(
+        "order={} program_order_sram_bytes={}",
+        c.order, c.program_order_sram
+    );
+    if a.eval {
+        evaluate(&a, &file, &model, c.bytes)?;
+    }
+    Ok(())
+}
+
+/// `--eval`: the plan and the int8 engine on the test split, accuracy and how many
+/// images' logits are bit-identical.
+fn evaluate(a: &CompileArgs, file: &str, model: &Model<Cpu>, plan: Vec<u8>) -> Result<()> {
+    let kind = testset::dataset_kind(file, &a.data, model.metadata())?;
+    let set = testset::load(kind, &a.data, a.eval_images, 0)?;
+    let Some((mean, std)) = model.mean().zip(model.std()) else {
+        bail!("{file}: --eval: no usable mean/std in the file's metadata to normalize images");
+    };
+    let plan = PlanModel::new(plan).context("--eval: the compiled plan")?;
+    let k = model.num_classes();
+    let ms = (&mean[..], &std[..]);
+    let engine = |x: &[f32], n| model.run_host(x, n).map_err(errors::runtime);
+    let (int8_acc, a_logits) = testset::evaluate(&set.test, ms, k, engine)?;
+    let micro = |x: &[f32], n| Ok(plan.run_host(x, n)?);
+    let (plan_acc, b_logits) = testset::evaluate(&set.test, ms, k, micro)?;
+    let same = a_logits
+        .chunks(k.max(1))
+        .zip(b_logits.chunks(k.max(1)))
+        .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| x.to_bits() == y.to_bits()))
+        .count();
+    println!(
+        "plan_acc={plan_acc:.4} int8_acc={int8_acc:.4} identical_logits={same}/{}",
+        set.test.len()
     );
     Ok(())
 }

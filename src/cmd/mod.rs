@@ -13,4 +13,5 @@ pub mod quantize;
 pub mod quickstart;
 pub mod run;
 pub mod search;
+pub mod testset;
 pub mod train;

@@ -4,14 +4,14 @@
 //! runtime on the test split.
 
 use super::args::{choice, OptionalDataArgs, QuantMethod, SeedArg};
-use super::errors;
+use super::{errors, testset};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use splitnas_export::quantize::{quantize, QuantizeOptions};
 use splitnas_runtime::Model;
-use splitnas_search::data::{self, DataOptions, DatasetKind, ImageSet};
+use splitnas_search::data::ImageSet;
 use std::path::{Path, PathBuf};
 
 type Cpu = burn::backend::Flex;
@@ -52,42 +52,11 @@ pub struct QuantizeArgs {
     save_calibration: Option<PathBuf>,
 }
 
-/// Normalized NCHW floats of `set`'s images `indices`.
-fn normalized(set: &ImageSet, indices: &[usize], mean: &[f32], std: &[f32]) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(0); // unused without augmentation
-    data::make_batch(set, indices, mean, std, None, &mut rng).0
-}
-
-/// Top-1 accuracy of `model` on `set` (normalized with `mean`, `std`), 100 images a run.
+/// Top-1 accuracy of `model` on `set`.
 fn accuracy(model: &Model<Cpu>, set: &ImageSet, mean: &[f32], std: &[f32]) -> Result<f64> {
     let k = model.num_classes();
-    let mut correct = 0;
-    let all: Vec<usize> = (0..set.len()).collect();
-    for chunk in all.chunks(100) {
-        let x = normalized(set, chunk, mean, std);
-        let logits = model.run_host(&x, chunk.len()).map_err(errors::runtime)?;
-        for (row, &i) in logits.chunks(k).zip(chunk) {
-            let best = (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b });
-            correct += usize::from(best == set.labels[i]);
-        }
-    }
-    Ok(correct as f64 / set.len().max(1) as f64)
-}
-
-/// The data set: `--dataset`, else the one the file's metadata names.
-fn dataset_kind(a: &QuantizeArgs, model: &Model<Cpu>) -> Result<DatasetKind> {
-    if let Some(d) = a.data.dataset {
-        return Ok(d.into());
-    }
-    let named = model.metadata().get("dataset").map(String::as_str);
-    match named.map(str::parse::<DatasetKind>) {
-        Some(Ok(kind)) => Ok(kind),
-        _ => bail!(
-            "{}: the file's metadata names no data set to calibrate on ({}); pass --dataset",
-            a.file.display(),
-            named.map_or("no 'dataset' key".into(), |n| format!("dataset = '{n}'"))
-        ),
-    }
+    let run = |x: &[f32], n| model.run_host(x, n).map_err(errors::runtime);
+    Ok(testset::evaluate(set, (mean, std), k, run)?.0)
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
@@ -102,18 +71,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let float = Model::<Cpu>::from_bytes(&bytes, &Default::default())
         .map_err(errors::runtime)
         .with_context(|| file.clone())?;
-    let kind = dataset_kind(&a, &float)?;
+    let kind = testset::dataset_kind(&file, &a.data, float.metadata())?;
     let seed = a.seed.seed;
-    let set = data::load(
-        kind,
-        &DataOptions {
-            dir: a.data.data_dir.clone(),
-            train_limit: None,
-            test_limit: a.eval_images,
-            seed,
-        },
-    )
-    .map_err(|e| errors::data(e, "--data-dir"))?;
+    let set = testset::load(kind, &a.data, a.eval_images, seed)?;
     let [c, h, w] = float.input_shape();
     if set.train.channels != c || set.train.side != h || h != w {
         bail!(
@@ -143,7 +103,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let indices = rand::seq::index::sample(&mut rng, set.train.len(), n).into_vec();
-    let images = normalized(&set.train, &indices, &mean, &std);
+    let images = testset::normalized(&set.train, &indices, &mean, &std);
     if let Some(path) = &a.save_calibration {
         let shape = [n, c, h, w].map(|d| d as u64);
         splitnas_runtime::input::write_npy(path, &images, &shape)

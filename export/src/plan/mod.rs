@@ -13,6 +13,8 @@
 //! # }
 //! ```
 
+pub mod order;
+
 use splitnas_micro::planner;
 use splitnas_micro::writer::{DenseSpec, PlanWriter};
 use splitnas_micro::{Plan, PlanError, MAX_K, MAX_ROW};
@@ -48,6 +50,10 @@ pub struct Compiled {
     pub macs: u64,
     /// Ops in the plan.
     pub ops: usize,
+    /// The op order chosen ([`order`]: `program`, `min-growth` or `min-alive`).
+    pub order: &'static str,
+    /// The arena in the program's own order (the ONNX file's), for comparison.
+    pub program_order_sram: u32,
 }
 
 /// Why a program does not become a plan.
@@ -204,6 +210,67 @@ fn macs(p: &Program, op: &Op) -> u64 {
 /// memory, and checks `budget`.
 pub fn compile(p: &Program, input: [usize; 3], budget: Budget) -> Result<Compiled, CompileError> {
     let dims = value_dims(p, input);
+    // each candidate order planned; the smallest arena kept (the program's on a tie)
+    let mut best: Option<Built> = None;
+    let mut program_order_sram = 0;
+    for o in order::candidates(p) {
+        let b = build(p, &dims, &o)?;
+        if o.name == "program" {
+            program_order_sram = b.c.sram_peak;
+        }
+        if best.as_ref().is_none_or(|x| b.c.sram_peak < x.c.sram_peak) {
+            best = Some(b);
+        }
+    }
+    let Built { mut c, ids, origin } = best.expect("the program order is a candidate");
+    c.program_order_sram = program_order_sram;
+    if let Some(budget) = budget.sram.filter(|&b| c.sram_peak as u64 > b) {
+        return Err(sram_error(
+            p,
+            &ids,
+            &dims,
+            &origin,
+            c.sram_peak as u64,
+            budget,
+        ));
+    }
+    if let Some(budget) = budget.flash.filter(|&b| c.flash_bytes > b) {
+        let (i, op) = p
+            .ops
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, op)| match op {
+                Op::Dense(d) => d.w.len() + 4 * d.bias.as_ref().map_or(0, Vec::len),
+                _ => 0,
+            })
+            .expect("a plan has ops");
+        let bytes = match op {
+            Op::Dense(d) => (d.w.len() + 4 * d.bias.as_ref().map_or(0, Vec::len)) as u64,
+            _ => 0,
+        };
+        return Err(CompileError::Flash {
+            need: c.flash_bytes,
+            budget,
+            op: i,
+            label: op.label(),
+            tensor: name(p, op.out()),
+            bytes,
+        });
+    }
+    Ok(c)
+}
+
+/// A plan in one op order, with what the budget errors need.
+struct Built {
+    c: Compiled,
+    /// Program value -> plan tensor.
+    ids: Vec<Option<u16>>,
+    /// Plan op -> program op.
+    origin: Vec<usize>,
+}
+
+/// The plan of `p`'s ops in `order`.
+fn build(p: &Program, dims: &[[u32; 3]], order: &order::Order) -> Result<Built, CompileError> {
     let mut w = PlanWriter::new();
     // program value -> plan tensor, made when first written
     let mut ids: Vec<Option<u16>> = vec![None; p.sizes.len()];
@@ -225,7 +292,8 @@ pub fn compile(p: &Program, input: [usize; 3], budget: Budget) -> Result<Compile
     // plan op -> program op, for messages
     let mut origin: Vec<usize> = vec![];
     let mut total_macs = 0;
-    for (i, op) in p.ops.iter().enumerate() {
+    for &i in &order.ops {
+        let op = &p.ops[i];
         check_limits(p, i, op)?;
         total_macs += macs(p, op);
         let y = tensor(&mut w, op.out())?;
@@ -344,41 +412,10 @@ pub fn compile(p: &Program, input: [usize; 3], budget: Budget) -> Result<Compile
         activations_sum: layout.sum,
         macs: total_macs,
         ops: origin.len(),
+        order: order.name,
+        program_order_sram: 0,
     };
-    if let Some(budget) = budget.sram.filter(|&b| c.sram_peak as u64 > b) {
-        return Err(sram_error(
-            p,
-            &ids,
-            &dims,
-            &origin,
-            c.sram_peak as u64,
-            budget,
-        ));
-    }
-    if let Some(budget) = budget.flash.filter(|&b| c.flash_bytes > b) {
-        let (i, op) = p
-            .ops
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, op)| match op {
-                Op::Dense(d) => d.w.len() + 4 * d.bias.as_ref().map_or(0, Vec::len),
-                _ => 0,
-            })
-            .expect("a plan has ops");
-        let bytes = match op {
-            Op::Dense(d) => (d.w.len() + 4 * d.bias.as_ref().map_or(0, Vec::len)) as u64,
-            _ => 0,
-        };
-        return Err(CompileError::Flash {
-            need: c.flash_bytes,
-            budget,
-            op: i,
-            label: op.label(),
-            tensor: name(p, op.out()),
-            bytes,
-        });
-    }
-    Ok(c)
+    Ok(Built { c, ids, origin })
 }
 
 /// The SRAM error: the step with the most bytes alive and its largest tensor.

@@ -160,3 +160,65 @@ fn budgets_and_limits_name_the_tensor() {
         "{msg}"
     );
 }
+
+/// Two branches from the input, each a big value then a small one, added: the program
+/// runs both big ops first (both big values alive together); the greedy orders finish
+/// one branch before starting the other. Golden orders worked by hand from the module
+/// doc's rules.
+#[test]
+fn greedy_orders_finish_a_branch_before_the_next() {
+    let q = Quant::new(0.05, 3);
+    let rq = |x, y| Op::Requant {
+        x,
+        y,
+        xq: q,
+        yq: q,
+        relu: false,
+    };
+    let p = Program {
+        ops: vec![
+            Op::Quantize { y: 0, q },
+            rq(0, 1), // a1: 1000 bytes
+            rq(0, 2), // b1: 1000 bytes
+            rq(1, 3), // a2: 10 bytes
+            rq(2, 4), // b2: 10 bytes
+            Op::Add {
+                a: 3,
+                b: 4,
+                y: 5,
+                q: [q; 3],
+                relu: false,
+            },
+        ],
+        sizes: vec![10, 1000, 1000, 10, 10, 10],
+        input: 10,
+        output: (5, q),
+        free: vec![vec![]; 6],
+        names: vec![String::new(); 6],
+    };
+    let c = order::candidates(&p);
+    let names: Vec<_> = c.iter().map(|o| o.name).collect();
+    assert_eq!(names, ["program", "min-growth", "min-alive"]);
+    assert_eq!(c[0].ops, [0, 1, 2, 3, 4, 5]);
+    // min-growth after the input: a1 and b1 both +1000, a1 first; then a2 (+10 - 1000)
+    // beats b1 (+1000); then b1 (+1000 - 10, the input's last read), b2, the add
+    assert_eq!(c[1].ops, [0, 1, 3, 2, 4, 5]);
+    // min-alive: a1 (1010 alive), a2 (1020 beats b1's 2010), b1 (1020), b2, add
+    assert_eq!(c[2].ops, [0, 1, 3, 2, 4, 5]);
+
+    // a value written twice: only the program's order
+    let mut p = p;
+    p.ops[4] = rq(2, 3);
+    assert_eq!(order::candidates(&p).len(), 1);
+    // a value read before it is written: the same
+    let mut p = program();
+    p.ops.swap(2, 3);
+    assert_eq!(order::candidates(&p).len(), 1);
+    // a chain has one order: the program's is kept
+    assert_eq!(
+        compile(&program(), [2, 8, 8], Budget::default())
+            .unwrap()
+            .order,
+        "program"
+    );
+}
