@@ -39,18 +39,8 @@ pub fn candidates(p: &Program) -> Vec<Order> {
     }
     // every read value is written by an earlier op (the program order is valid)
     for (i, op) in p.ops.iter().enumerate() {
-        if op
-            .inputs()
-            .iter()
-            .any(|&v| writer.get(v).copied().flatten() >= Some(i))
-        {
-            return vec![program];
-        }
-        if op
-            .inputs()
-            .iter()
-            .any(|&v| writer.get(v).copied().flatten().is_none())
-        {
+        let earlier = |v: usize| matches!(writer.get(v), Some(Some(w)) if *w < i);
+        if !op.inputs().into_iter().all(earlier) {
             return vec![program];
         }
     }
