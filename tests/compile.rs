@@ -11,32 +11,13 @@ use splitnas_runtime::Model;
 use std::collections::HashMap;
 use std::path::Path;
 mod common;
-use common::{input_images, read_npy, splitnas, write_npy};
+use common::{export_darts_v2_c8, input_images, read_npy, splitnas, write_npy};
 
 /// A seeded DARTS_V2 C=8 L=5 network for 1x28x28 images, quantized on 32 Fashion-MNIST
 /// training images; returns the int8 file's path.
 fn int8_file(dir: &Path) -> String {
     let float = dir.join("float.onnx");
-    let (ok, _, err) = splitnas(&[
-        "export",
-        "--genotype",
-        "DARTS_V2",
-        "--channels",
-        "8",
-        "--layers",
-        "5",
-        "--in-channels",
-        "1",
-        "--image-size",
-        "28",
-        "--classes",
-        "10",
-        "--init-seed",
-        "2",
-        "--out",
-        float.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    export_darts_v2_c8(&float);
     let int8 = dir.join("int8.onnx");
     let (ok, _, err) = splitnas(&[
         "quantize",

@@ -10,33 +10,14 @@ use splitnas_search::data::{self, DataOptions, DatasetKind};
 use std::collections::HashMap;
 use std::path::Path;
 mod common;
-use common::{max_abs, read_npy, splitnas, tract};
+use common::{export_darts_v2_c8, max_abs, read_npy, splitnas, tract};
 
 /// A seeded DARTS_V2 C=8 L=5 template for 1x28x28 images, its metadata made
 /// Fashion-MNIST's (the template says `dataset = none`, mean 0, std 1); returns the
 /// template's path and the Fashion-MNIST file's.
 fn float_files(dir: &Path) -> (String, String) {
     let template = dir.join("template.onnx");
-    let (ok, _, err) = splitnas(&[
-        "export",
-        "--genotype",
-        "DARTS_V2",
-        "--channels",
-        "8",
-        "--layers",
-        "5",
-        "--in-channels",
-        "1",
-        "--image-size",
-        "28",
-        "--classes",
-        "10",
-        "--init-seed",
-        "2",
-        "--out",
-        template.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    export_darts_v2_c8(&template);
     let mut m = ModelProto::parse_from_bytes(&std::fs::read(&template).unwrap()).unwrap();
     for p in &mut m.metadata_props {
         match p.key.as_str() {

@@ -93,3 +93,28 @@ pub fn wgpu_here() -> bool {
         Err(e) => panic!("SPLITNAS_REQUIRE_WGPU=1 but {e}"),
     }
 }
+
+/// `splitnas export` of the seeded DARTS_V2 C=8 L=5 network for 1x28x28 images, 10
+/// classes (`--init-seed 2`), to `out`.
+pub fn export_darts_v2_c8(out: &Path) {
+    let (ok, _, err) = splitnas(&[
+        "export",
+        "--genotype",
+        "DARTS_V2",
+        "--channels",
+        "8",
+        "--layers",
+        "5",
+        "--in-channels",
+        "1",
+        "--image-size",
+        "28",
+        "--classes",
+        "10",
+        "--init-seed",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+}
