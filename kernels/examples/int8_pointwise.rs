@@ -19,8 +19,15 @@ fn main() {
             let x: Vec<i8> = (0..n * c * hw * hw).map(|i| (i * 37 % 251) as i8).collect();
             let wt: Vec<i8> = (0..c * c).map(|i| (i * 91 % 253) as i8).collect();
             let bias: Vec<i32> = (0..c as i32).map(|i| i * 17 - 300).collect();
-            let requant: Vec<Requant> = (0..c).map(|i| Requant::new(1e-4 * (1.0 + i as f64 / 50.0))).collect();
-            let f = Filter { wt: &wt, bias: Some(&bias), requant: &requant, groups: 1 };
+            let requant: Vec<Requant> = (0..c)
+                .map(|i| Requant::new(1e-4 * (1.0 + i as f64 / 50.0)))
+                .collect();
+            let f = Filter {
+                wt: &wt,
+                bias: Some(&bias),
+                requant: &requant,
+                groups: 1,
+            };
             let mut y = vec![0i8; n * c * hw * hw];
             let macs = (n * c * c * hw * hw) as f64;
             // enough repetitions for ~0.3 s
