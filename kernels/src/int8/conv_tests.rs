@@ -341,3 +341,38 @@ proptest! {
         prop_assert_eq!(&got, &want, "gemm_into");
     }
 }
+
+/// Pointwise (1x1) convolutions of odd channel counts (not multiples of the 4-row tiles
+/// or the VNNI 4-row groups), planes not multiples of the 16-pixel vectors or across the
+/// 256-pixel blocks, non-zero zero points, with and without ReLU and bias, 1 and 3
+/// images: every SIMD path equal to the portable one, and `conv_into` too.
+#[test]
+fn pointwise_paths_equal_portable() {
+    let mut rng = Rng::new(27);
+    for &(c, m) in &[(1, 1), (3, 5), (5, 3), (36, 36), (37, 38), (7, 144)] {
+        for &hw in &[[1, 1], [7, 9], [17, 19], [32, 32]] {
+            for n in [1, 3] {
+                let g = Geom::square(c, hw, 1, 1, 0, 1);
+                let x = i8s(&mut rng, n * c * g.plane_in());
+                let wt = i8s(&mut rng, m * c);
+                for (relu, bias) in [(false, true), (true, false), (true, true)] {
+                    let case = Case::new(&mut rng, m, c, relu);
+                    assert!(case.zx != 0 || case.out.zero != 0 || c == 1);
+                    let f = case.filter(&wt, bias, 1);
+                    let len = n * m * g.plane_out();
+                    let mut want = vec![0i8; len];
+                    conv_with(Path::Portable, &x, case.zx, n, &g, f, case.out, &mut want);
+                    for path in Path::all().into_iter().skip(1) {
+                        let mut got = vec![0i8; len];
+                        conv_with(path, &x, case.zx, n, &g, f, case.out, &mut got);
+                        assert_eq!(got, want, "{path:?} c {c} m {m} {hw:?} n {n} relu {relu}");
+                    }
+                    let mut got = vec![0i8; len];
+                    let mut scratch = vec![0i32; scratch_len(&g)];
+                    conv_into(&x, case.zx, n, &g, f, case.out, &mut got, &mut scratch);
+                    assert_eq!(got, want, "conv_into c {c} m {m} {hw:?} n {n}");
+                }
+            }
+        }
+    }
+}

@@ -248,13 +248,24 @@ impl<'a> Cols<'a> {
                 fill(kk, &mut x[kk * pp..][..p]);
             }
         } else {
-            let mut row = vec![0i8; p];
-            for kk in 0..k {
-                fill(kk, &mut row);
-                let (q, t) = (kk / g, kk % g);
+            // one group of `g` rows at a time, interleaved pixel by pixel in one pass
+            let mut rows = vec![0i8; g * p];
+            for q in 0..kg {
+                let n = g.min(k - q * g);
+                for t in 0..n {
+                    fill(q * g + t, &mut rows[t * p..][..p]);
+                }
                 let dst = &mut x[q * pp * g..][..p * g];
-                for (d, &v) in dst.chunks_exact_mut(g).zip(&row) {
-                    d[t] = (v as u8 ^ off) as i8;
+                match (g, n) {
+                    (4, 4) => interleave::<4>(&rows, p, off, dst),
+                    (2, 2) => interleave::<2>(&rows, p, off, dst),
+                    _ => {
+                        for t in 0..n {
+                            for (d, &v) in dst.chunks_exact_mut(g).zip(&rows[t * p..][..p]) {
+                                d[t] = (v as u8 ^ off) as i8;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -262,6 +273,18 @@ impl<'a> Cols<'a> {
             x: Cow::Owned(x),
             kg,
             pp,
+        }
+    }
+}
+
+/// `dst[p G + t] = rows[t p + p] ^ off` for `t < G`, `p < P`: `G` rows of `P` values
+/// interleaved (the packed layout of one group of rows).
+#[inline]
+fn interleave<const G: usize>(rows: &[i8], p: usize, off: u8, dst: &mut [i8]) {
+    let rs: [&[i8]; G] = core::array::from_fn(|t| &rows[t * p..][..p]);
+    for (pi, d) in dst.chunks_exact_mut(G).enumerate() {
+        for t in 0..G {
+            d[t] = (rs[t][pi] as u8 ^ off) as i8;
         }
     }
 }
@@ -380,6 +403,11 @@ impl<'a> Epilogue<'a> {
 /// [`store_row_portable`] on `path` (the same integers on every path).
 #[inline]
 pub(crate) fn store_row(path: Path, acc: &[i32], base: i32, r: Requant, out: OutQ, dst: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Vnni {
+        // SAFETY: the CPU has AVX-512F and AVX2 (the VNNI path requires them).
+        return unsafe { crate::x86_64::int8::store_row_avx512(acc, base, r, out, dst) };
+    }
     #[cfg(target_arch = "x86_64")]
     if matches!(path, Path::Avx2 | Path::Vnni) {
         // SAFETY: the CPU has AVX2 (both paths require it).

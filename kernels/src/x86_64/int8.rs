@@ -285,3 +285,46 @@ pub(crate) unsafe fn store_row_avx2(acc: &[i32], base: i32, r: Requant, out: Out
     }
     store_row_portable(&acc[n..], base, r, out, &mut dst[n..]);
 }
+
+/// [`store_row_avx2`] 16 lanes at a time with AVX-512 (its 64-bit arithmetic shift
+/// `vpsraq` needs no sign fix-up): the same integers as
+/// `crate::int8::gemm::store_row_portable`; multipliers of 1 and above (a left shift)
+/// and the tail go to [`store_row_avx2`].
+///
+/// # Safety
+/// AVX-512F and AVX2 present.
+#[target_feature(enable = "avx512f,avx2")]
+pub(crate) unsafe fn store_row_avx512(
+    acc: &[i32],
+    base: i32,
+    r: Requant,
+    out: OutQ,
+    dst: &mut [i8],
+) {
+    assert_eq!(acc.len(), dst.len(), "int8 row lengths");
+    let n = acc.len() / 16 * 16;
+    if r.shift > 0 || n == 0 {
+        return store_row_avx2(acc, base, r, out, dst);
+    }
+    let t = 31 - r.shift;
+    let (q, b) = (_mm512_set1_epi32(r.multiplier), _mm512_set1_epi32(base));
+    let round = _mm512_set1_epi64(1i64 << (t - 1));
+    let right = _mm_cvtsi32_si128(t);
+    let z = out.zero as i32;
+    let lo = _mm512_set1_epi32(out.min as i32 - z);
+    let hi = _mm512_set1_epi32(out.max as i32 - z);
+    let zv = _mm512_set1_epi32(z);
+    for i in (0..n).step_by(16) {
+        let x = _mm512_add_epi32(_mm512_loadu_si512(acc.as_ptr().add(i) as *const _), b);
+        // (x q + 2^(t - 1)) >> t on the even and the odd lanes as 64-bit products
+        let even = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, q), round), right);
+        let odd = _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), q);
+        let odd = _mm512_sra_epi64(_mm512_add_epi64(odd, round), right);
+        let v = _mm512_mask_blend_epi32(0b1010_1010_1010_1010, even, _mm512_slli_epi64::<32>(odd));
+        let v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), zv);
+        // every lane is in i8 range: the truncation is exact
+        let v8 = _mm512_cvtepi32_epi8(v);
+        _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, v8);
+    }
+    store_row_avx2(&acc[n..], base, r, out, &mut dst[n..]);
+}
