@@ -11,6 +11,7 @@
 
 pub mod bn;
 pub mod cell;
+pub mod cost;
 pub mod draw;
 pub mod fastbn;
 pub mod fastconv;
@@ -25,6 +26,7 @@ pub mod ops;
 pub mod params;
 pub mod zoo;
 
+pub use cost::{Cost, CostTable};
 pub use genotype::{CellGenotype, CellPair, Genotype, GenotypeError, Primitive};
 pub use network::{Network, NetworkConfig, NetworkError, NetworkSize};
 pub use params::{count_parameters, materialize};

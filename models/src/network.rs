@@ -2,7 +2,7 @@
 //! head, global average pool and linear classifier.
 
 use crate::bn::{BatchNorm2d, BatchNorm2dConfig};
-use crate::cell::{Cell, CellShape};
+use crate::cell::Cell;
 use crate::fastconv::conv_forward;
 use crate::genotype::Genotype;
 use crate::ops::conv;
@@ -128,43 +128,24 @@ impl NetworkConfig {
     /// Builds the network with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Network<B>, NetworkError> {
         self.validate()?;
-        let c = self.channels;
-        let c_stem = 3 * c;
+        let c_stem = 3 * self.channels;
         let stem_conv = conv(self.in_channels, c_stem, 3, 1, 1, 1, 1, device);
         let stem_bn = BatchNorm2dConfig::new(c_stem).init(device);
-        let (mut c_pp, mut c_p, mut c_curr) = (c_stem, c_stem, c);
         let reductions = reduction_layers(self.layers);
-        let mut reduction_prev = false;
-        let mut stage = 0;
+        let sites = self.cell_sites();
         let mut cells = Vec::with_capacity(self.layers);
-        let mut c_aux = 0;
-        for i in 0..self.layers {
-            let reduction = reductions.contains(&i);
-            if reduction {
-                c_curr *= 2;
-                stage += 1;
-            }
-            let pair = self.genotype.stage(stage);
-            let g = if reduction {
+        for site in &sites {
+            let pair = self.genotype.stage(site.stage);
+            let g = if site.shape.reduction {
                 &pair.reduce
             } else {
                 &pair.normal
             };
-            let shape = CellShape {
-                c_prev_prev: c_pp,
-                c_prev: c_p,
-                c: c_curr,
-                reduction,
-                reduction_prev,
-            };
-            cells.push(Cell::new(g, shape, self.identity, device));
-            reduction_prev = reduction;
-            c_pp = c_p;
-            c_p = c_curr * g.concat.len();
-            if i == reductions[1] {
-                c_aux = c_p;
-            }
+            cells.push(Cell::new(g, site.shape, self.identity, device));
         }
+        let out_channels = |s: &crate::cost::CellSite| s.shape.c * s.concat;
+        let c_aux = out_channels(&sites[reductions[1]]);
+        let c_p = sites.last().map_or(c_stem, out_channels);
         let aux = self
             .auxiliary
             .then(|| AuxiliaryHead::new(c_aux, self.classes, self.image_size / 4, device));
