@@ -16,7 +16,7 @@
 use crate::cell::CellShape;
 use crate::genotype::{CellPair, Primitive};
 use crate::network::{reduction_layers, NetworkConfig, NetworkError};
-use std::ops::{Add, AddAssign};
+use std::ops::{Add, AddAssign, Sub};
 
 /// Parameters and MACs (per image).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,6 +33,17 @@ impl Add for Cost {
         Cost {
             params: self.params + o.params,
             macs: self.macs + o.macs,
+        }
+    }
+}
+
+/// Saturating: a part taken from the whole it belongs to.
+impl Sub for Cost {
+    type Output = Cost;
+    fn sub(self, o: Cost) -> Cost {
+        Cost {
+            params: self.params.saturating_sub(o.params),
+            macs: self.macs.saturating_sub(o.macs),
         }
     }
 }
@@ -138,7 +149,11 @@ impl CellSite {
 
     /// The cost of `op` on an edge from `input`.
     pub fn edge_cost(&self, op: Primitive, input: usize) -> Cost {
-        let side = if input < 2 { self.side } else { self.out_side() };
+        let side = if input < 2 {
+            self.side
+        } else {
+            self.out_side()
+        };
         op_cost(op, self.shape.c, self.stride(input), side)
     }
 }
@@ -217,7 +232,11 @@ impl NetworkConfig {
             } else {
                 &pair.normal
             };
-            total += g.edges.iter().map(|&(op, input)| s.edge_cost(op, input)).sum();
+            total += g
+                .edges
+                .iter()
+                .map(|&(op, input)| s.edge_cost(op, input))
+                .sum();
         }
         let last = sites.last().map_or(0, |s| s.shape.c * s.concat);
         Ok(total + self.ends_cost(last))
@@ -263,7 +282,11 @@ impl CostTable {
                 } else {
                     &pair.normal
                 };
-                fixed += g.edges.iter().map(|&(op, input)| s.edge_cost(op, input)).sum();
+                fixed += g
+                    .edges
+                    .iter()
+                    .map(|&(op, input)| s.edge_cost(op, input))
+                    .sum();
                 continue;
             }
             for (node, inputs) in edges[t].iter_mut().enumerate() {

@@ -94,7 +94,11 @@ fn network_cost_counts_the_built_network() {
             .with_image_size(side)
             .with_classes(5 + case)
             .with_identity(case % 3 == 1);
-        assert_eq!(cfg.cost().unwrap().params, built_params(&cfg), "case {case}");
+        assert_eq!(
+            cfg.cost().unwrap().params,
+            built_params(&cfg),
+            "case {case}"
+        );
         // the auxiliary head is training only: not counted
         if side == 32 {
             let aux = cfg.clone().with_auxiliary(true);

@@ -11,6 +11,7 @@
 
 pub mod architect;
 pub mod bench;
+pub mod budget;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
