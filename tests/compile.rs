@@ -41,6 +41,82 @@ fn pairs(out: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// `splitnas genotype show ARGS --cost` on 1x28x28 images, 10 classes: (params, MACs).
+fn cost_model(args: &[&str]) -> (u64, u64) {
+    let mut all = vec![
+        "genotype",
+        "show",
+        "--cost",
+        "--image-size",
+        "28",
+        "--in-channels",
+        "1",
+    ];
+    all.extend_from_slice(args);
+    let (ok, stdout, err) = splitnas(&all);
+    assert!(ok, "{err}");
+    let line = stdout.lines().last().unwrap();
+    let f = pairs(line);
+    (f["params"], f["macs"])
+}
+
+/// Every operation (both 5x5 convolutions, both pools, skip_connect at stride 1 and 2)
+/// and the identity connection: the cost model's MACs equal the compiled plan's, which
+/// counts them from the int8 program's shapes (ONNX -> runtime int8 ops -> plan), code
+/// that shares nothing with the cost model.
+#[test]
+fn cost_model_macs_equal_the_compiled_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let genotype = dir.path().join("every-op.txt");
+    std::fs::write(
+        &genotype,
+        "Genotype(normal=[('sep_conv_5x5', 0), ('dil_conv_5x5', 1), ('avg_pool_3x3', 0), ('skip_connect', 2), ('max_pool_3x3', 3), ('dil_conv_3x3', 1), ('sep_conv_3x3', 4), ('skip_connect', 0)], normal_concat=[2, 3, 4, 5], reduce=[('skip_connect', 0), ('sep_conv_5x5', 1), ('dil_conv_5x5', 0), ('avg_pool_3x3', 2), ('skip_connect', 1), ('sep_conv_3x3', 3), ('dil_conv_3x3', 4), ('max_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])",
+    )
+    .unwrap();
+    let g = genotype.to_str().unwrap();
+    let (float, int8) = (dir.path().join("f.onnx"), dir.path().join("q.onnx"));
+    let sizes = ["--channels", "4", "--layers", "4", "--identity"];
+    let mut export = vec![
+        "export",
+        "--genotype",
+        g,
+        "--in-channels",
+        "1",
+        "--image-size",
+        "28",
+    ];
+    export.extend_from_slice(&sizes);
+    export.extend_from_slice(&["--out", float.to_str().unwrap()]);
+    let (ok, _, err) = splitnas(&export);
+    assert!(ok, "{err}");
+    let (ok, _, err) = splitnas(&[
+        "quantize",
+        float.to_str().unwrap(),
+        "--out",
+        int8.to_str().unwrap(),
+        "--dataset",
+        "fashion-mnist",
+        "--calibration-images",
+        "8",
+    ]);
+    assert!(ok, "{err}");
+    let out = dir.path().join("plan");
+    let (ok, stdout, err) = splitnas(&[
+        "compile",
+        int8.to_str().unwrap(),
+        "--target",
+        "cortex-m4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let mut args = vec![g];
+    args.extend_from_slice(&sizes);
+    let (params, macs) = cost_model(&args);
+    assert_eq!(macs, pairs(&stdout)["macs"], "{stdout}");
+    assert!(params > 0);
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -74,6 +150,11 @@ fn compiled_plan_matches_the_int8_engine_bit_for_bit() {
     assert!(peak as f64 <= 1.1 * lb as f64, "{stdout}");
     assert!(flash <= 1 << 20 && peak <= 256 << 10, "{stdout}");
     assert!(macs > 1_000_000, "{stdout}");
+    // the search's cost model counts the same MACs from the genotype alone
+    assert_eq!(
+        macs,
+        cost_model(&["DARTS_V2", "--channels", "8", "--layers", "5"]).1
+    );
     // the op order: the smallest arena of the candidates, never above the program's; the
     // engine below runs the program's order, so the codes check the reordering too
     let order = stdout

@@ -85,6 +85,9 @@ pub enum TrainError {
     /// Network configuration problem.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// No cell pair meets a budget.
+    #[error(transparent)]
+    Budget(#[from] crate::budget::Infeasible),
     /// Supernet configuration problem.
     #[error(transparent)]
     Supernet(#[from] SupernetError),

@@ -56,6 +56,10 @@ pub fn train(e: TrainError) -> anyhow::Error {
                 lens.join(", ")
             )
         }
+        TrainError::Budget(b) => format!(
+            "--max-{} {}: no cell meets it: the cheapest cell pair gives {} {} for the evaluation network of --eval-channels and --eval-layers",
+            b.resource, b.limit, b.cheapest, b.resource
+        ),
         TrainError::TooFewImages(n) => {
             format!("--train-limit: the search needs at least 2 training images (got {n})")
         }
@@ -125,6 +129,14 @@ fn supernet(e: &SupernetError) -> Option<anyhow::Error> {
 pub fn network(e: &NetworkError) -> Option<anyhow::Error> {
     Some(match e {
         NetworkError::Zero(NetworkSize::Channels) => anyhow!("--channels must be at least 1"),
+        NetworkError::ImageSize(s) => {
+            anyhow!("--image-size {s}: not divisible by 4 (the network halves it twice)")
+        }
+        NetworkError::Zero(NetworkSize::ImageSize) => anyhow!("--image-size must be at least 1"),
+        NetworkError::Zero(NetworkSize::Classes) => anyhow!("--classes must be at least 1"),
+        NetworkError::Zero(NetworkSize::InChannels) => {
+            anyhow!("--in-channels must be at least 1")
+        }
         NetworkError::Layers(l) => anyhow!(
             "--layers {l}: the network needs at least 3 layers (reductions at L/3 and 2L/3)"
         ),

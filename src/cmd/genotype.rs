@@ -1,8 +1,8 @@
 //! `splitnas genotype`: print, list and draw genotypes.
 
 use anyhow::{Context, Result};
-use clap::{Subcommand, ValueEnum};
-use splitnas_models::{draw, zoo, Genotype};
+use clap::{Args, Subcommand, ValueEnum};
+use splitnas_models::{draw, zoo, Genotype, NetworkConfig};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -14,6 +14,13 @@ pub enum GenotypeCmd {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+        /// Also print the evaluation network's cost (`cost: params=N macs=M ...`): learnable
+        /// parameters (BatchNorm affine included, running statistics and the auxiliary
+        /// head not) and multiply-accumulates per image, at the sizes below.
+        #[arg(long)]
+        cost: bool,
+        #[command(flatten)]
+        sizes: CostSizes,
     },
     /// List the zoo.
     List,
@@ -27,6 +34,29 @@ pub enum GenotypeCmd {
     },
 }
 
+/// The evaluation network `genotype show --cost` prices (`train`'s defaults).
+#[derive(Args)]
+pub struct CostSizes {
+    /// Initial channels C.
+    #[arg(long, default_value_t = 36)]
+    channels: usize,
+    /// Cells L.
+    #[arg(long, default_value_t = 20)]
+    layers: usize,
+    /// Input image side.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Input channels.
+    #[arg(long, default_value_t = 3)]
+    in_channels: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// CSC-DARTS identity connection in every cell.
+    #[arg(long)]
+    identity: bool,
+}
+
 /// `genotype show --format`.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -36,11 +66,44 @@ pub enum Format {
 
 pub fn run(cmd: GenotypeCmd) -> Result<()> {
     match cmd {
-        GenotypeCmd::Show { genotype, format } => {
+        GenotypeCmd::Show {
+            genotype,
+            format,
+            cost,
+            sizes: z,
+        } => {
             let g = Genotype::resolve(&genotype)?;
+            // priced first: a bad size prints nothing but the error
+            let priced = cost
+                .then(|| {
+                    NetworkConfig::new(g.clone())
+                        .with_channels(z.channels)
+                        .with_layers(z.layers)
+                        .with_image_size(z.image_size)
+                        .with_in_channels(z.in_channels)
+                        .with_classes(z.classes)
+                        .with_identity(z.identity)
+                        .cost()
+                })
+                .transpose()
+                .map_err(|e| super::errors::network(&e).unwrap_or_else(|| anyhow::Error::new(e)))?;
             match format {
                 Format::Json => println!("{}", g.to_json()),
                 Format::Darts => println!("{}", g.to_darts()),
+            }
+            if let Some(c) = priced {
+                println!(
+                    "cost: params={} macs={} (C={} L={} {}x{}x{}, {} classes, identity={})",
+                    c.params,
+                    c.macs,
+                    z.channels,
+                    z.layers,
+                    z.in_channels,
+                    z.image_size,
+                    z.image_size,
+                    z.classes,
+                    z.identity
+                );
             }
         }
         GenotypeCmd::List => {

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod budget;
 pub mod compare;
 pub mod compile;
 pub mod errors;

@@ -165,6 +165,7 @@ pub fn run(q: QuickstartArgs) -> Result<()> {
     let s = search(
         device.into(),
         &SearchOptions {
+            budget: None,
             dataset: DatasetKind::FashionMnist,
             data: DataOptions {
                 train_limit: Some(q.search_images),

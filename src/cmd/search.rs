@@ -1,6 +1,7 @@
 //! `splitnas search`: search a cell with channel-split differentiable architecture search.
 
 use super::args::{DataArgs, DeviceArg, MethodArgs, RunDirArgs, SeedArg};
+use super::budget::BudgetArgs;
 use super::errors;
 use anyhow::Result;
 use clap::Args;
@@ -59,6 +60,8 @@ pub struct SearchArgs {
     device: DeviceArg,
     #[command(flatten)]
     run_dir: RunDirArgs,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 pub fn run(a: SearchArgs) -> Result<()> {
@@ -92,12 +95,16 @@ pub fn run(a: SearchArgs) -> Result<()> {
         out: a.run_dir.out,
         resume: a.run_dir.resume,
         progress: true,
+        budget: a.budget.spec()?,
     };
     let s = search(a.device.open()?, &opts).map_err(errors::train)?;
-    println!(
-        "final genotype = {}\nwrote {}",
-        s.genotype.to_darts(),
-        s.out.join("genotype.json").display()
-    );
+    println!("final genotype = {}", s.genotype.to_darts());
+    if let Some(c) = s.metrics.last().and_then(|m| m.cost.as_ref()) {
+        println!(
+            "final cost: params={} macs={} (expected params={:.0} macs={:.0})",
+            c.derived.params, c.derived.macs, c.expected_params, c.expected_macs
+        );
+    }
+    println!("wrote {}", s.out.join("genotype.json").display());
     Ok(())
 }

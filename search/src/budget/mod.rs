@@ -30,11 +30,13 @@ use splitnas_models::{Cost, CostTable};
 
 mod derive;
 mod expected;
+mod guard;
 #[cfg(test)]
 mod tests;
 
 pub use derive::derive;
 pub use expected::CostTerm;
+pub use guard::{BudgetSpec, EpochCost, Guard};
 
 /// A resource a budget limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

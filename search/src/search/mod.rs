@@ -11,13 +11,17 @@
 //! `splitnas train --genotype DIR/genotype.json`), `alphas.json` (softmaxed and raw
 //! architecture weights), `checkpoint.json` + `checkpoint/`.
 
+mod metrics;
 mod options;
+
+pub use metrics::{AlphasFile, Entropy, EpochWeights, SearchMetrics};
 
 pub use options::{
     check_options, read_search_config, stage_epochs, SearchConfig, SearchOptions, SearchRecipe,
 };
 
 use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
+use crate::budget::Guard;
 use crate::checkpoint::{self, write_atomic};
 use crate::data::{self, Augment, DataOptions, Dataset, DatasetKind, ImageSet};
 use crate::device::{host_rss, kind_of, memory, mib, seeded, DeviceKind};
@@ -26,7 +30,7 @@ use crate::steps::{
     argmax_correct, batch_tensors, clip_grad_norm, cosine_lr, cross_entropy, epoch_seed,
     progress_bar, scalar,
 };
-use crate::supernet::{CellWeights, Supernet};
+use crate::supernet::Supernet;
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
@@ -36,63 +40,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use splitnas_models::{CellPair, Genotype};
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// One number per cell type: the mean alpha entropy, or (`proportion`) the mean learned
-/// proportion of channels.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Entropy {
-    /// Normal cell.
-    pub normal: f64,
-    /// Reduction cell.
-    pub reduce: f64,
-}
-
-/// One line of `search.jsonl`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SearchMetrics {
-    /// Epoch, 1-based.
-    pub epoch: usize,
-    /// Weight-step loss.
-    pub train_loss: f64,
-    /// Weight-step accuracy.
-    pub train_acc: f64,
-    /// Loss on the architecture half (inference mode).
-    pub valid_loss: f64,
-    /// Accuracy on the architecture half.
-    pub valid_acc: f64,
-    /// Learning rate of the weights.
-    pub lr: f64,
-    /// Whether the architecture was updated (false during warm-up).
-    pub arch_updated: bool,
-    /// Genotype after the epoch, DARTS notation.
-    pub genotype: String,
-    /// Mean entropy (nats) of softmax(alpha) per edge.
-    pub alpha_entropy: Entropy,
-    /// Wall time of the epoch.
-    pub seconds: f64,
-    /// softmax(alpha) per edge and softmax(beta) after the epoch, both cell types
-    /// (what `splitnas plot` draws as the evolution of each edge's op weights).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weights: Option<EpochWeights>,
-    /// Progressive search: the stage (1-based) this epoch searched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<usize>,
-    /// `--learn-proportion`: mean learned proportion of channels over the edges
-    /// (per-edge values are in `weights`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proportion: Option<Entropy>,
-    /// Peak resident memory of the process so far, MiB (Linux's `VmHWM`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_peak_rss_mb: Option<f64>,
-    /// Memory the device allocator has reserved so far (its high-water mark), MiB: CUDA
-    /// and wgpu only; the CPU backends allocate from the heap (in `host_peak_rss_mb`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_reserved_mb: Option<f64>,
-}
 
 /// The genotype of a progressive search so far: the derived pairs of the finished stages,
 /// then the current stage's pair for the current and every deeper stage. Stage 0 has no
@@ -109,31 +59,6 @@ pub fn compose_genotype(frozen: &[CellPair], current: &CellPair, stages: usize) 
     }
     pairs[0].reduce = pairs[1].reduce.clone();
     Genotype::new(pairs).unwrap_or_else(|_| unreachable!("derived cells are valid"))
-}
-
-/// Architecture weights of both cell types after one epoch.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct EpochWeights {
-    /// Normal cell.
-    pub normal: CellWeights,
-    /// Reduction cell.
-    pub reduce: CellWeights,
-}
-
-/// `alphas.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AlphasFile {
-    /// Epoch they belong to.
-    pub epoch: usize,
-    /// Primitive names, column order.
-    pub primitives: Vec<String>,
-    /// Normal cell weights.
-    pub normal: CellWeights,
-    /// Reduction cell weights.
-    pub reduce: CellWeights,
-    /// Progressive search: the stage (1-based) these weights belong to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<usize>,
 }
 
 /// Result of a finished search.
@@ -241,7 +166,12 @@ pub fn search_on<B: AutodiffBackend>(
                 dataset: data.kind.name().to_string(),
                 data_dir: opts.data.dir.clone(),
                 train_limit: opts.data.train_limit,
+                budget: opts.budget.clone(),
             };
+            // a budget no cell pair meets: said before anything is written
+            if let Some(b) = &cfg.budget {
+                b.table(&cfg.supernet, &[])?;
+            }
             std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
                 path: out.clone(),
                 source,
@@ -284,6 +214,29 @@ pub fn search_on<B: AutodiffBackend>(
         |d| cfg.supernet.init_stage::<Flex>(d, &frozen),
         |d| cfg.supernet.init_stage(d, &frozen),
     )?;
+    let new_guard = |frozen: &[CellPair]| {
+        cfg.budget
+            .as_ref()
+            .map(|b| Guard::<B>::new(b, &cfg.supernet, frozen, device))
+            .transpose()
+    };
+    let mut guard = new_guard(&frozen)?;
+    // the derived pair: DARTS' derivation, within the budget when there is one
+    let derive_pair = |net: &Supernet<B>, guard: &Option<Guard<B>>| {
+        let edge_norm = net.weights.edge_norm;
+        let arch = net.arch.valid();
+        let (normal, reduce) = (
+            arch.cell_weights(false, edge_norm),
+            arch.cell_weights(true, edge_norm),
+        );
+        match guard {
+            Some(g) => g.derive(&normal, &reduce).map_err(TrainError::from),
+            None => Ok(CellPair {
+                normal: normal.genotype(),
+                reduce: reduce.genotype(),
+            }),
+        }
+    };
     let new_w_optim = || {
         SgdConfig::new()
             .with_momentum(Some(MomentumConfig {
@@ -365,7 +318,8 @@ pub fn search_on<B: AutodiffBackend>(
         let stage = stage_of(epoch);
         if stage > frozen.len() {
             // Progressive search: freeze the finished stage's derived cells, deepen.
-            frozen.push(net.genotype().stage(0).clone());
+            frozen.push(derive_pair(&net, &guard)?);
+            guard = new_guard(&frozen)?;
             net = seeded(
                 device,
                 epoch_seed(r.seed, epoch) ^ 0x57a6e,
@@ -434,6 +388,10 @@ pub fn search_on<B: AutodiffBackend>(
                         arch_grads_second(&net, &w_optim, lr, train.clone(), valid, &mut sel_rng)
                     }
                 };
+                let grads = match &guard {
+                    Some(g) => g.add_penalty(&net, grads),
+                    None => grads,
+                };
                 net = a_optim.step(r.arch_lr, net, grads);
             }
             let (mut grads, loss, logits) = weight_grads(&net, train, &mut sel_rng);
@@ -469,10 +427,8 @@ pub fn search_on<B: AutodiffBackend>(
         let edge_norm = valid_net.weights.edge_norm;
         let normal = valid_net.arch.cell_weights(false, edge_norm);
         let reduce = valid_net.arch.cell_weights(true, edge_norm);
-        let current = CellPair {
-            normal: normal.genotype(),
-            reduce: reduce.genotype(),
-        };
+        let current = derive_pair(&net, &guard)?;
+        let cost = guard.as_ref().map(|g| g.report(&net.arch, &current));
         let genotype = compose_genotype(&frozen, &current, stages);
         let stage_label = (stages > 1).then_some(stage + 1);
         let learned = normal
@@ -503,6 +459,7 @@ pub fn search_on<B: AutodiffBackend>(
             }),
             host_peak_rss_mb: host_rss().map(|(_, peak)| mib(peak)),
             device_reserved_mb: kind_of::<B>().and_then(memory).map(|m| mib(m.reserved)),
+            cost,
         };
         println!(
             "epoch {}/{} train_loss={:.4} train_acc={:.4} valid_loss={:.4} valid_acc={:.4} entropy={:.4}/{:.4} seconds={:.1}",
@@ -517,6 +474,12 @@ pub fn search_on<B: AutodiffBackend>(
             m.seconds
         );
         println!("genotype = {}", m.genotype);
+        if let Some(c) = &m.cost {
+            println!(
+                "cost: expected params={:.0} macs={:.0}, derived params={} macs={}",
+                c.expected_params, c.expected_macs, c.derived.params, c.derived.macs
+            );
+        }
         if let Some((n, r)) = &learned {
             println!(
                 "learned proportion per edge: normal {} | reduce {}",
@@ -555,7 +518,7 @@ pub fn search_on<B: AutodiffBackend>(
             std::process::abort();
         }
     }
-    let current = net.valid().genotype().stage(0).clone();
+    let current = derive_pair(&net, &guard)?;
     let genotype = compose_genotype(&frozen, &current, stages);
     Ok(SearchSummary {
         metrics,

@@ -2,6 +2,7 @@
 //! of the settings that need no data.
 
 use crate::architect::Order;
+use crate::budget::BudgetSpec;
 use crate::data::{DataOptions, DatasetKind};
 use crate::error::Constraint::{AtLeastOne, OpenUnit, Positive};
 use crate::error::{require, Setting, TrainError};
@@ -104,6 +105,8 @@ pub struct SearchOptions {
     pub resume: bool,
     /// Progress bar on a terminal.
     pub progress: bool,
+    /// Limits on the evaluation network the genotype builds (hardware-aware search).
+    pub budget: Option<BudgetSpec>,
 }
 
 /// `config.json` of a search run.
@@ -125,6 +128,9 @@ pub struct SearchConfig {
     pub data_dir: Option<PathBuf>,
     /// Training images used.
     pub train_limit: Option<usize>,
+    /// Limits on the evaluation network (hardware-aware search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
 }
 
 /// The epochs of each stage of a search with `stages` stages: consecutive blocks, the
