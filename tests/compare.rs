@@ -171,3 +171,67 @@ fn compare_writes_a_table_from_its_runs_and_continues_instead_of_repeating() {
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `genotype show NAME --cost` at the tiny comparison's training sizes (3x32x32, 10
+/// classes, C=4 L=3): the parameters.
+fn params_of(genotype: &str) -> u64 {
+    let (ok, out, err) = splitnas(&[
+        "genotype",
+        "show",
+        genotype,
+        "--cost",
+        "--channels",
+        "4",
+        "--layers",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let line = out.lines().last().unwrap();
+    let params = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("params="));
+    params.unwrap().parse().unwrap()
+}
+
+/// A budget below DARTS_V2's parameters: both published cells are left out, the random
+/// cells and the searched one meet it, every row reports its cost, and the parameters
+/// the trained networks count (`splitnas train`) are the cost model's.
+#[test]
+fn compare_under_a_parameter_budget_keeps_every_row_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let budget = params_of("DARTS_V2") - 1;
+    assert!(budget < params_of("PC_DARTS"));
+    let b = budget.to_string();
+    let args = tiny(out.to_str().unwrap(), &["--max-params", &b]);
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (ok, stdout, stderr) = splitnas(&argv);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("DARTS_V2: ") && stdout.contains("over the budget, left out"));
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(
+        file["settings"]["budget"]["max_params"].as_u64(),
+        Some(budget)
+    );
+    let rows = file["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(names, ["split", "random_1"]);
+    for r in rows {
+        let name = r["method"].as_str().unwrap();
+        let trained = r["parameters"].as_u64().unwrap();
+        let gfile = out.join("genotypes").join(format!("{name}.json"));
+        assert_eq!(trained, params_of(gfile.to_str().unwrap()), "{name}");
+        assert!(trained <= budget, "{name}: {trained} > {budget}");
+        assert!(r["macs"].as_u64().unwrap() > 0);
+    }
+    // the search recorded its expected and derived cost per epoch
+    let log = std::fs::read_to_string(out.join("search/split/search.jsonl")).unwrap();
+    for line in log.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(m["cost"]["derived"]["params"].as_u64().unwrap() <= budget);
+        assert!(m["cost"]["expected_params"].as_f64().unwrap() > 0.0);
+    }
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(md.contains(&format!("parameters <= {budget}")), "{md}");
+}

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use splitnas_search::budget::{Budget, BudgetSpec};
+use splitnas_search::budget::{Budget, BudgetSpec, DEFAULT_TEMPERATURE};
 
 /// Limits on the network `train` will build from the found genotype.
 #[derive(Args, Clone, Debug)]
@@ -28,6 +28,14 @@ pub struct BudgetArgs {
     /// Weight of the budget penalty in the architecture loss.
     #[arg(long, default_value_t = 1.0)]
     pub cost_weight: f64,
+    /// Temperature of the expected cost at the last search epoch: it falls geometrically
+    /// from 1, so the expected cost ends close to the derived genotype's.
+    #[arg(long, default_value_t = DEFAULT_TEMPERATURE)]
+    pub cost_temperature: f64,
+    /// Penalize only an expected cost over the budget (by default the penalty aims at the
+    /// budget from both sides, countering the drift to parameter-free operations).
+    #[arg(long)]
+    pub cost_hinge: bool,
 }
 
 impl BudgetArgs {
@@ -56,6 +64,15 @@ impl BudgetArgs {
                 self.cost_weight
             );
         }
+        if !(self.cost_temperature.is_finite()
+            && self.cost_temperature > 0.0
+            && self.cost_temperature <= 1.0)
+        {
+            bail!(
+                "--cost-temperature must be in (0, 1] (got {})",
+                self.cost_temperature
+            );
+        }
         let limits = self.limits();
         Ok((!limits.is_empty()).then(|| BudgetSpec {
             limits,
@@ -63,6 +80,8 @@ impl BudgetArgs {
             layers: self.eval_layers,
             identity: self.eval_identity,
             weight: self.cost_weight,
+            temperature: self.cost_temperature,
+            hinge: self.cost_hinge,
         }))
     }
 }

@@ -25,6 +25,20 @@ pub struct BudgetSpec {
     pub identity: bool,
     /// Weight of the penalty in the architecture loss.
     pub weight: f64,
+    /// Temperature of the expected cost at the last search epoch (from 1, geometric).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Penalize only the excess over the limits; otherwise the penalty aims at them
+    /// (`|expected / limit - 1|`), countering the drift to parameter-free ops.
+    #[serde(default)]
+    pub hinge: bool,
+}
+
+/// The final temperature when none is given.
+pub const DEFAULT_TEMPERATURE: f64 = 0.05;
+
+fn default_temperature() -> f64 {
+    DEFAULT_TEMPERATURE
 }
 
 impl BudgetSpec {
@@ -65,6 +79,8 @@ pub struct EpochCost {
     pub derived: Cost,
     /// The limits.
     pub budget: Budget,
+    /// The temperature of the expected cost.
+    pub temperature: f64,
 }
 
 /// A budget during a search stage.
@@ -74,6 +90,7 @@ pub struct Guard<B: Backend> {
     table: CostTable,
     term: CostTerm<B>,
     edge_norm: bool,
+    tau: f64,
 }
 
 impl<B: Backend> Guard<B> {
@@ -85,18 +102,36 @@ impl<B: Backend> Guard<B> {
         device: &B::Device,
     ) -> Result<Self, TrainError> {
         let table = spec.table(supernet, frozen)?;
-        let term = CostTerm::new(&table, &spec.limits, spec.weight, device);
+        let term = CostTerm::new(&table, &spec.limits, spec.weight, device).aiming(!spec.hinge);
         Ok(Guard {
             spec: spec.clone(),
             table,
             term,
             edge_norm: supernet.edge_norm,
+            tau: 1.0,
         })
+    }
+
+    /// Sets the temperature for architecture epoch `done` of `total` (0-based; before
+    /// the first, `done = None`): `temperature^((done + 1) / total)`, 1 during warm-up.
+    pub fn set_progress(&mut self, done: Option<usize>, total: usize) {
+        self.tau = match done {
+            None => 1.0,
+            Some(j) => self
+                .spec
+                .temperature
+                .powf((j + 1) as f64 / total.max(1) as f64),
+        };
+    }
+
+    /// The current temperature.
+    pub fn temperature(&self) -> f64 {
+        self.tau
     }
 
     /// The penalty added to the architecture loss, `[1]`.
     pub fn penalty(&self, arch: &ArchParams<B>) -> Tensor<B, 1> {
-        self.term.penalty(arch, self.edge_norm)
+        self.term.penalty(arch, self.edge_norm, self.tau)
     }
 
     /// The best pair of `normal` and `reduce` that meets the budget.
@@ -110,13 +145,14 @@ impl<B: Backend> Guard<B> {
 
     /// The figures of an epoch whose architecture is `arch` and derived pair `pair`.
     pub fn report(&self, arch: &ArchParams<B>, pair: &CellPair) -> EpochCost {
-        let e = self.term.expected(arch, self.edge_norm);
+        let e = self.term.expected(arch, self.edge_norm, self.tau);
         let get = |r| e.iter().find(|x| x.0 == r).map_or(0.0, |x| x.1);
         EpochCost {
             expected_params: get(super::Resource::Params),
             expected_macs: get(super::Resource::Macs),
             derived: self.table.pair_cost(pair),
             budget: self.spec.limits,
+            temperature: self.tau,
         }
     }
 }

@@ -5,18 +5,24 @@
 //! Costs come from [`splitnas_models::CostTable`]: the evaluation network (`--channels`,
 //! `--layers` of `train`, not the supernet) counted per (cell type, node, input, op).
 //!
-//! **Expected cost.** Per edge `e`, `q_e = softmax(alpha_e)` over the 7 ops other than
-//! `none`, renormalized (derivation never picks `none`), and the edge's op cost
-//! `sum_k q_ek cost_ek`. Per node, edge `e` is kept with weight
-//! `p_e = s_e / sum_node s` where `s_e = beta_e * max_k q_ek ...` is the strength the
-//! derivation ranks edges by, and the node pays `2 sum_e p_e cost_e` (it keeps 2 edges).
-//! The network's expected cost is the fixed part plus every node's. It is a function of
-//! alphas and betas alone, so its gradient flows to them only.
+//! **Expected cost.** A smooth stand-in for the cost of the genotype the derivation
+//! will pick, at a temperature `tau`: per edge `e`, the ops other than `none` (derivation
+//! never picks it) weighted `q_e = softmax(alpha_e[1..] / tau)`, so the edge's cost is
+//! `sum_k q_ek cost_ek`; per node, edge `e` counts with its share of the 2 kept edges,
+//! `sigmoid((ln s_e - theta) / tau)` scaled to sum to 2 over the node, where
+//! `s_e = beta_e max_k softmax(alpha_e)_k` is the strength the derivation ranks edges by
+//! and `theta` lies halfway between the node's 2nd and 3rd strongest. The network's
+//! expected cost is the fixed part plus every edge's share times its cost. At `tau = 1`
+//! it is the softmax-weighted mean over the ops (uniform weights: the mean op); as `tau`
+//! falls it tends to the derived genotype's cost (tested at 1e-3). A search lowers `tau`
+//! geometrically from 1 to `temperature` (default 0.05) over its architecture epochs, so
+//! the term's gradient, broad at first, ends on the choices the derivation is about to
+//! make. It depends on alphas and betas alone.
 //!
 //! **Penalty.** The architecture loss gains `weight * sum_r relu(E_r / B_r - 1)` over the
 //! budgets `r`: nothing while the expected cost is within budget, a push towards cheaper
-//! ops of the same size for every budget exceeded (a hinge as in ProxylessNAS/FBNet's
-//! resource losses, here as a soft constraint).
+//! choices for every budget exceeded (a hinge, like ProxylessNAS's and FBNet's resource
+//! losses, as a soft constraint).
 //!
 //! **Constrained derivation.** DARTS' derivation (per node the 2 strongest edges, each
 //! with its best op) is kept when it meets every budget. Otherwise each node's choice
@@ -36,7 +42,7 @@ mod tests;
 
 pub use derive::derive;
 pub use expected::CostTerm;
-pub use guard::{BudgetSpec, EpochCost, Guard};
+pub use guard::{BudgetSpec, EpochCost, Guard, DEFAULT_TEMPERATURE};
 
 /// A resource a budget limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

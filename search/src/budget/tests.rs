@@ -156,7 +156,7 @@ fn expected_of<Q: burn::tensor::backend::Backend>(
     arch: &ArchParams<Q>,
     r: Resource,
 ) -> f64 {
-    term.expected(arch, true)
+    term.expected(arch, true, 1.0)
         .into_iter()
         .find(|x| x.0 == r)
         .unwrap()
@@ -247,9 +247,9 @@ fn the_penalty_is_zero_within_budget_and_pushes_the_cost_down_over_it() {
         max_params: Some((1.2 * e) as u64),
         max_macs: None,
     };
-    let p = CostTerm::<B>::new(&table, &within, 1.0, &dev).penalty(&plain, true);
+    let p = CostTerm::<B>::new(&table, &within, 1.0, &dev).penalty(&plain, true, 1.0);
     assert_eq!(p.into_scalar(), 0.0);
-    let p = CostTerm::<B>::new(&table, &over, 1.0, &dev).penalty(&plain, true);
+    let p = CostTerm::<B>::new(&table, &over, 1.0, &dev).penalty(&plain, true, 1.0);
     let rel = e / (0.8 * e).floor();
     assert!((p.into_scalar() as f64 - (rel - 1.0)).abs() < 1e-4);
     // a few gradient steps on the penalty alone lower the expected cost
@@ -266,7 +266,7 @@ fn the_penalty_is_zero_within_budget_and_pushes_the_cost_down_over_it() {
     let mut optim = SgdConfig::new().init::<AD, ArchParams<AD>>();
     let mut last = e;
     for step in 0..5 {
-        let loss = term.penalty(&a, true);
+        let loss = term.penalty(&a, true, 1.0);
         let grads = GradientsParams::from_grads(loss.backward(), &a);
         a = optim.step(10.0, a, grads);
         let now = expected_of(&term, &a, Resource::Params);
@@ -274,4 +274,41 @@ fn the_penalty_is_zero_within_budget_and_pushes_the_cost_down_over_it() {
         last = now;
     }
     assert!(last < 0.9 * e, "{last} vs {e}");
+}
+
+#[test]
+fn at_a_low_temperature_the_expected_cost_is_the_derived_cost() {
+    let table = table();
+    let dev = Default::default();
+    let term = CostTerm::<B>::new(&table, &Budget::default(), 1.0, &dev);
+    let mut rng = StdRng::seed_from_u64(11);
+    for case in 0..5 {
+        let rand = |rng: &mut StdRng, n: usize, k: f32| -> Vec<f32> {
+            (0..n).map(|_| k * rng.random::<f32>()).collect()
+        };
+        let logits = [
+            rand(&mut rng, EDGES * OPS, 3.0),
+            rand(&mut rng, EDGES * OPS, 3.0),
+        ];
+        let betas = [rand(&mut rng, EDGES, 2.0), rand(&mut rng, EDGES, 2.0)];
+        let a = arch(logits, betas);
+        let plain = CellPair {
+            normal: a.cell_weights(false, true).genotype(),
+            reduce: a.cell_weights(true, true).genotype(),
+        };
+        let derived = table.pair_cost(&plain);
+        let hot = term.expected(&a, true, 1.0);
+        let cold = term.expected(&a, true, 1e-3);
+        for (i, r) in Resource::ALL.into_iter().enumerate() {
+            let want = r.of(&derived) as f64;
+            // ties closer than ~1e-3 in the logits would mix two choices: 1%
+            assert!(
+                (cold[i].1 - want).abs() <= 0.01 * want,
+                "case {case} {}: {} at 1e-3 vs derived {want} (at 1: {})",
+                r.name(),
+                cold[i].1,
+                hot[i].1
+            );
+        }
+    }
 }

@@ -118,6 +118,15 @@ impl std::str::FromStr for DatasetKind {
 }
 
 impl DatasetKind {
+    /// `(classes, image channels, image side)`.
+    pub fn shape(self) -> (usize, usize, usize) {
+        match self {
+            DatasetKind::FashionMnist | DatasetKind::Mnist => (10, 1, 28),
+            DatasetKind::Cifar10 | DatasetKind::Synthetic => (10, 3, 32),
+            DatasetKind::Cifar100 => (100, 3, 32),
+        }
+    }
+
     /// How to provide the files of this data set when they are missing; `dir` is how the
     /// caller names its data directory option.
     pub fn missing_hint(self, dir: &str) -> String {

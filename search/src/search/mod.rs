@@ -340,6 +340,10 @@ pub fn search_on<B: AutodiffBackend>(
         let local = epoch - block.start;
         let lr = cosine_lr(r.lr, local, block.len());
         let search_arch = local >= r.warmup_epochs;
+        if let Some(g) = &mut guard {
+            let arch_epochs = block.len().saturating_sub(r.warmup_epochs);
+            g.set_progress(local.checked_sub(r.warmup_epochs), arch_epochs);
+        }
         let seed = epoch_seed(r.seed, epoch);
         B::seed(device, seed);
         let mut rng = StdRng::seed_from_u64(seed);
@@ -476,8 +480,8 @@ pub fn search_on<B: AutodiffBackend>(
         println!("genotype = {}", m.genotype);
         if let Some(c) = &m.cost {
             println!(
-                "cost: expected params={:.0} macs={:.0}, derived params={} macs={}",
-                c.expected_params, c.expected_macs, c.derived.params, c.derived.macs
+                "cost: expected params={:.0} macs={:.0} (temperature {:.3}), derived params={} macs={}",
+                c.expected_params, c.expected_macs, c.temperature, c.derived.params, c.derived.macs
             );
         }
         if let Some((n, r)) = &learned {

@@ -9,7 +9,9 @@
 //! interrupted one is continued with `--resume` (its seconds add up, its peak is the
 //! maximum over the pieces).
 
+mod budget;
 mod child;
+mod table;
 
 use super::args::{choice, Choice, Dataset, DeviceArg, Order};
 use super::quickstart::{SMALL_CHANNELS, SMALL_LAYERS, SMALL_PARTIAL_K};
@@ -18,10 +20,12 @@ use child::{read_json, read_train, run_once, write_json, ChildCost, TrainResult}
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use splitnas_models::{zoo, Genotype, Primitive};
+use splitnas_search::budget::Budget;
 use splitnas_search::checkpoint::write_atomic;
 use splitnas_search::data::DatasetKind;
 use splitnas_search::search::SearchRecipe;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -109,6 +113,14 @@ pub struct CompareArgs {
     /// Seed of the searches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Budget: most parameters of the trained network (--train-channels/--train-layers);
+    /// searches get it, random cells are drawn among those that meet it, published cells
+    /// over it are left out.
+    #[arg(long, value_name = "N")]
+    max_params: Option<u64>,
+    /// Budget: most multiply-accumulates per image of the trained network.
+    #[arg(long, value_name = "N")]
+    max_macs: Option<u64>,
     #[command(flatten)]
     device: DeviceArg,
     /// Output directory (a rerun with the same settings continues it).
@@ -198,6 +210,10 @@ impl From<CompareArgs> for Compare {
             seed: a.seed,
             device: a.device.device.to_string(),
             out: a.out,
+            budget: Budget {
+                max_params: a.max_params,
+                max_macs: a.max_macs,
+            },
         }
     }
 }
@@ -253,6 +269,9 @@ pub struct Compare {
     pub device: String,
     /// Output directory.
     pub out: PathBuf,
+    /// Limits on the trained network (none: an empty budget).
+    #[serde(default, skip_serializing_if = "Budget::is_empty")]
+    pub budget: Budget,
 }
 
 /// One row of the table.
@@ -274,6 +293,9 @@ pub struct Row {
     pub normal_skips: usize,
     /// Parameters of the trained network.
     pub parameters: usize,
+    /// Multiply-accumulates per image of the trained network (cost model).
+    #[serde(default)]
+    pub macs: u64,
     /// Test accuracy per training seed.
     pub test_acc: Vec<f64>,
     /// Mean test accuracy.
@@ -353,7 +375,48 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
         }
     }
     write_json(&settings_file, c)?;
-    let total = c.methods.len() + (c.methods.len() + 2 + c.random_genotypes) * c.seeds;
+    // Baselines: the published cells within the budget, random cells meeting it.
+    let mut baselines: Vec<(String, String, Genotype, Option<ChildCost>)> = vec![];
+    let data = DatasetKind::from_str(&c.dataset)
+        .map(DatasetKind::shape)
+        .map_err(anyhow::Error::new)?;
+    for name in ["DARTS_V2", "PC_DARTS"] {
+        let g = zoo::by_name(name).context("zoo")?;
+        let cost = budget::cost(c, &g, data)?;
+        if !c.budget.admits(&cost) {
+            println!(
+                "{name}: {} parameters, {} MACs: over the budget, left out",
+                cost.params, cost.macs
+            );
+            continue;
+        }
+        baselines.push((name.into(), "published cell".into(), g, None));
+    }
+    for (i, (seed, g)) in budget::random_within(c, c.random_genotypes, data)?
+        .into_iter()
+        .enumerate()
+    {
+        baselines.push((
+            format!("random_{}", i + 1),
+            format!("random cell (seed {seed})"),
+            g,
+            None,
+        ));
+    }
+    let total = c.methods.len() + (c.methods.len() + baselines.len()) * c.seeds;
+    if !c.budget.is_empty() {
+        println!(
+            "budget on the trained network (C={} L={}):{}{}",
+            c.train_channels,
+            c.train_layers,
+            c.budget
+                .max_params
+                .map_or(String::new(), |n| format!(" params <= {n}")),
+            c.budget
+                .max_macs
+                .map_or(String::new(), |n| format!(" MACs <= {n}"))
+        );
+    }
     let mut step = 0;
     let t_all = Instant::now();
 
@@ -395,6 +458,7 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
                     args.extend(["--partial-k".to_string(), c.partial_k.to_string()]);
                 }
                 args.extend(m.search_flags().iter().map(|s| s.to_string()));
+                args.extend(budget::search_flags(c));
                 let log = c.out.join("logs").join(format!("search-{name}.log"));
                 let cost = run_once(&exe, args, &dir, &log)?;
                 write_json(&done, &cost)?;
@@ -410,18 +474,7 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
             .with_context(|| format!("reading {}", gfile.display()))?;
         candidates.push((name.to_string(), description.to_string(), g, Some(cost)));
     }
-    for name in ["DARTS_V2", "PC_DARTS"] {
-        let g = zoo::by_name(name).context("zoo")?;
-        candidates.push((name.into(), "published cell".into(), g, None));
-    }
-    for i in 1..=c.random_genotypes {
-        candidates.push((
-            format!("random_{i}"),
-            format!("random cell (seed {i})"),
-            zoo::random(i as u64),
-            None,
-        ));
-    }
+    candidates.extend(baselines);
 
     // 2. Training, same recipe for every genotype.
     let mut rows = vec![];
@@ -494,6 +547,7 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
             search_cpu_seconds: search_cost.as_ref().map(|c| c.cpu_seconds),
             search_peak_mb: search_cost.as_ref().map(|c| c.peak_rss_mb),
             normal_skips: normal_skips(&g),
+            macs: budget::cost(c, &g, data)?.macs,
             genotype: g.to_darts(),
             parameters,
             test_acc: accs,
@@ -508,7 +562,7 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
             rows: rows.clone(),
         },
     )?;
-    let md = markdown(c, &rows);
+    let md = table::markdown(c, &rows);
     write_atomic(&c.out.join("compare.md"), md.as_bytes())?;
     println!("\n{md}");
     println!(
@@ -519,58 +573,4 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
         c.out.join("compare.json").display()
     );
     Ok(rows)
-}
-
-fn markdown(c: &Compare, rows: &[Row]) -> String {
-    let mut s = String::new();
-    s.push_str(&format!(
-        "# splitnas compare on {}\n\nSearch budget (every method): C={} L={} K={} (slim: learned), {} epochs ({} warm-up; per stage for progressive), batch {}, {} order, arch lr {}, first {} training images (half weights, half architecture), seed {}.\nTraining recipe (every genotype): C={} L={}, {} epochs, batch {}, lr {}, {} training / {} test images, seeds 0..{}.\n\n",
-        c.dataset,
-        c.channels,
-        c.layers,
-        c.partial_k,
-        c.epochs,
-        c.warmup_epochs,
-        c.batch_size,
-        c.order,
-        c.arch_lr,
-        c.search_limit,
-        c.seed,
-        c.train_channels,
-        c.train_layers,
-        c.train_epochs,
-        c.train_batch_size,
-        c.train_lr,
-        c.train_limit.map_or("all".into(), |n| n.to_string()),
-        c.test_limit.map_or("all".into(), |n| n.to_string()),
-        c.seeds,
-    ));
-    s.push_str("| method | search s (wall) | search CPU s | search peak MB | parameters | normal skips | test acc (mean) | spread (max-min) | per seed |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
-    for r in rows {
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.4} | {} |\n",
-            r.method,
-            opt(r.search_seconds),
-            opt(r.search_cpu_seconds),
-            opt(r.search_peak_mb),
-            r.parameters,
-            r.normal_skips,
-            r.test_acc_mean,
-            r.test_acc_spread,
-            r.test_acc
-                .iter()
-                .map(|a| format!("{a:.4}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-    }
-    s.push_str("\nGenotypes:\n\n");
-    for r in rows {
-        s.push_str(&format!(
-            "- {} ({}): `{}`\n",
-            r.method, r.description, r.genotype
-        ));
-    }
-    s
 }
