@@ -28,7 +28,7 @@ pub fn markdown(c: &Compare, rows: &[Row]) -> String {
     ));
     if !c.budget.is_empty() {
         s.push_str(&format!(
-            "Budget on the trained network:{}{}. Searches get it (`--max-params/--max-macs`); random cells are the first {} `zoo::random` seeds that meet it; published cells over it are left out.\n\n",
+            "Budget on the trained network:{}{}. Searches get it (`--max-params/--max-macs`); random cells are `zoo::random` seeds 1..{}, each with random parametric edges turned into pooling until it meets the budget; published cells over it are left out.\n\n",
             c.budget.max_params.map_or(String::new(), |n| format!(" parameters <= {n}")),
             c.budget.max_macs.map_or(String::new(), |n| format!(" MACs <= {n}")),
             c.random_genotypes
