@@ -420,6 +420,42 @@ fn bad_search_flags_are_rejected_with_clear_messages() {
         (&["--order", "third"], "unknown order 'third'"),
         (&["--train-portion", "1.5"], "--train-portion"),
         (&["--device", "tpu"], "--device"),
+        // budgets: one no cell meets (the all-pooling cell of the C=8 L=5 evaluation
+        // network has 15,026 parameters), and bad budget settings
+        (
+            &[
+                "--max-params",
+                "100",
+                "--eval-channels",
+                "8",
+                "--eval-layers",
+                "5",
+            ],
+            "--max-params 100: no cell meets it: the cheapest cell pair gives 15026 params",
+        ),
+        (
+            &[
+                "--max-macs",
+                "1000",
+                "--eval-channels",
+                "8",
+                "--eval-layers",
+                "5",
+            ],
+            "--max-macs 1000: no cell meets it",
+        ),
+        (
+            &["--max-params", "1", "--eval-layers", "2"],
+            "--eval-layers 2",
+        ),
+        (
+            &["--max-params", "1", "--cost-weight", "0"],
+            "--cost-weight",
+        ),
+        (
+            &["--max-params", "1", "--cost-temperature", "2"],
+            "--cost-temperature must be in (0, 1]",
+        ),
     ];
     for (extra, needle) in cases {
         let (ok, _, stderr) = splitnas(&args(out_s, extra), &[]);
@@ -427,9 +463,63 @@ fn bad_search_flags_are_rejected_with_clear_messages() {
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // refused before searching: nothing written
+    assert!(!out.join("config.json").exists());
     let (ok, _, stderr) = splitnas(&args(out_s, &["--resume"]), &[]);
     assert!(!ok);
     assert!(stderr.contains("no checkpoint.json"), "{stderr}");
+}
+
+/// A budgeted search (parameters under DARTS_V2's 2642 at C=4 L=3 on 1x28x28, from
+/// `genotype show DARTS_V2 --cost`) resumes like the uninterrupted run, and every
+/// epoch's genotype meets the budget by `genotype show --cost`'s count.
+#[test]
+fn budgeted_search_stays_within_budget_and_resumes() {
+    let flags = [
+        "--max-params",
+        "2400",
+        "--eval-channels",
+        "4",
+        "--eval-layers",
+        "3",
+    ];
+    let (dir, records) = resume_reproduces(&flags, 3, 1);
+    let resumed = self::records(&dir.path().join("resumed"));
+    for (i, (m, r)) in records.iter().zip(&resumed).enumerate() {
+        assert_eq!(m["cost"], r["cost"], "epoch {}", i + 1);
+        let file = dir.path().join(format!("g{i}.txt"));
+        std::fs::write(&file, m["genotype"].as_str().unwrap()).unwrap();
+        let (ok, out, err) = splitnas(
+            &[
+                "genotype",
+                "show",
+                file.to_str().unwrap(),
+                "--cost",
+                "--channels",
+                "4",
+                "--layers",
+                "3",
+                "--image-size",
+                "28",
+                "--in-channels",
+                "1",
+            ],
+            &[],
+        );
+        assert!(ok, "{err}");
+        let line = out.lines().last().unwrap();
+        let params: u64 = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("params="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(params <= 2400, "epoch {}: {line}", i + 1);
+        assert_eq!(params, m["cost"]["derived"]["params"].as_u64().unwrap());
+    }
+    // the last epoch ran at the final temperature, 0.05
+    let last = &records[2]["cost"];
+    assert!((last["temperature"].as_f64().unwrap() - 0.05).abs() < 1e-12);
 }
 
 #[test]
