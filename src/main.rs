@@ -66,6 +66,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn main() {
     // Never hand freed pages back to the OS: training reuses the same buffer
     // sizes every step, and re-faulting them cost about 10% of a search step.
+    splitnas_runtime::cli::default_sigpipe();
     // SAFETY: sets a process-wide allocator option; no allocation is in flight.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = match Cli::try_parse() {

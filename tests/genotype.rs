@@ -74,3 +74,24 @@ fn files_in_both_notations_are_read_and_errors_name_the_file() {
         "{err}"
     );
 }
+
+/// A reader that has gone (`splitnas genotype list | head -0`): the process ends on
+/// SIGPIPE like any Unix tool, without a panic message (Rust ignores SIGPIPE by default,
+/// which made `println!` panic on the broken pipe).
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_the_process_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitnas"))
+        .args(["genotype", "list"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    const SIGPIPE: i32 = 13; // Linux and the BSDs
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "{:?}", out.status);
+}

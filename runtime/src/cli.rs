@@ -103,6 +103,17 @@ pub struct DeviceArg {
     pub device: DeviceKind,
 }
 
+/// Lets a closed stdout (`splitnas ... | head`) end the process quietly, as it ends every
+/// other Unix tool, instead of a panic in `println!` (Rust's runtime ignores SIGPIPE, so
+/// the write fails and `println!` panics). Call first thing in `main`.
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal; no other thread runs yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// `--device`'s parser: case-insensitive, `flex` and `gpu` accepted; anything else is an
 /// [`UnknownDevice`] (the binaries print it as one line and exit with status 1).
 pub fn parse_device(s: &str) -> Result<DeviceKind, UnknownDevice> {

@@ -39,6 +39,7 @@ struct BenchCli {
 }
 
 fn main() {
+    splitnas_runtime::cli::default_sigpipe();
     // SAFETY: sets a process-wide allocator option; no allocation is in flight.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
