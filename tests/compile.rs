@@ -41,8 +41,9 @@ fn pairs(out: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// `splitnas genotype show ARGS --cost` on 1x28x28 images, 10 classes: (params, MACs).
-fn cost_model(args: &[&str]) -> (u64, u64) {
+/// `splitnas genotype show ARGS --cost` on 1x28x28 images, 10 classes: its figures
+/// (`params`, `macs`, `sram_bytes`, `flash_bytes`).
+fn cost_model(args: &[&str]) -> HashMap<String, u64> {
     let mut all = vec![
         "genotype",
         "show",
@@ -55,9 +56,7 @@ fn cost_model(args: &[&str]) -> (u64, u64) {
     all.extend_from_slice(args);
     let (ok, stdout, err) = splitnas(&all);
     assert!(ok, "{err}");
-    let line = stdout.lines().last().unwrap();
-    let f = pairs(line);
-    (f["params"], f["macs"])
+    pairs(stdout.lines().last().unwrap())
 }
 
 /// Every operation (both 5x5 convolutions, both pools, skip_connect at stride 1 and 2)
@@ -112,9 +111,13 @@ fn cost_model_macs_equal_the_compiled_plans() {
     assert!(ok, "{err}");
     let mut args = vec![g];
     args.extend_from_slice(&sizes);
-    let (params, macs) = cost_model(&args);
-    assert_eq!(macs, pairs(&stdout)["macs"], "{stdout}");
-    assert!(params > 0);
+    let priced = cost_model(&args);
+    let compiled = pairs(&stdout);
+    for key in ["macs", "sram_bytes", "flash_bytes"] {
+        let k = if key == "sram_bytes" { "sram_peak_bytes" } else { key };
+        assert_eq!(priced[key], compiled[k], "{key}: {stdout}");
+    }
+    assert!(priced["params"] > 0);
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -150,11 +153,13 @@ fn compiled_plan_matches_the_int8_engine_bit_for_bit() {
     assert!(peak as f64 <= 1.1 * lb as f64, "{stdout}");
     assert!(flash <= 1 << 20 && peak <= 256 << 10, "{stdout}");
     assert!(macs > 1_000_000, "{stdout}");
-    // the search's cost model counts the same MACs from the genotype alone
-    assert_eq!(
-        macs,
-        cost_model(&["DARTS_V2", "--channels", "8", "--layers", "5"]).1
-    );
+    // the search's cost model counts the same MACs from the genotype alone, and the plan
+    // `genotype show --cost` makes from seeded weights and synthetic calibration images
+    // has this plan's arena and length (they depend on shapes alone)
+    let priced = cost_model(&["DARTS_V2", "--channels", "8", "--layers", "5"]);
+    assert_eq!(macs, priced["macs"]);
+    assert_eq!(peak, priced["sram_bytes"]);
+    assert_eq!(flash, priced["flash_bytes"]);
     // the op order: the smallest arena of the candidates, never above the program's; the
     // engine below runs the program's order, so the codes check the reordering too
     let order = stdout

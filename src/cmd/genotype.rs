@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use splitnas_models::{draw, zoo, Genotype, NetworkConfig};
+use splitnas_export::plan::{network_plan, NetworkPlanError};
+use splitnas_models::{draw, zoo, Genotype, NetworkConfig, NetworkError};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -14,9 +15,11 @@ pub enum GenotypeCmd {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
-        /// Also print the evaluation network's cost (`cost: params=N macs=M ...`): learnable
-        /// parameters (BatchNorm affine included, running statistics and the auxiliary
-        /// head not) and multiply-accumulates per image, at the sizes below.
+        /// Also print the evaluation network's cost (`cost: params=N macs=M sram_bytes=S
+        /// flash_bytes=F ...`): learnable parameters (BatchNorm affine included, running
+        /// statistics and the auxiliary head not), multiply-accumulates per image, and the
+        /// arena and length of its int8 microcontroller plan (`splitnas compile`), at the
+        /// sizes below.
         #[arg(long)]
         cost: bool,
         #[command(flatten)]
@@ -74,36 +77,13 @@ pub fn run(cmd: GenotypeCmd) -> Result<()> {
         } => {
             let g = Genotype::resolve(&genotype)?;
             // priced first: a bad size prints nothing but the error
-            let priced = cost
-                .then(|| {
-                    NetworkConfig::new(g.clone())
-                        .with_channels(z.channels)
-                        .with_layers(z.layers)
-                        .with_image_size(z.image_size)
-                        .with_in_channels(z.in_channels)
-                        .with_classes(z.classes)
-                        .with_identity(z.identity)
-                        .cost()
-                })
-                .transpose()
-                .map_err(|e| super::errors::network(&e).unwrap_or_else(|| anyhow::Error::new(e)))?;
+            let priced = cost.then(|| price(&g, &z)).transpose()?;
             match format {
                 Format::Json => println!("{}", g.to_json()),
                 Format::Darts => println!("{}", g.to_darts()),
             }
-            if let Some(c) = priced {
-                println!(
-                    "cost: params={} macs={} (C={} L={} {}x{}x{}, {} classes, identity={})",
-                    c.params,
-                    c.macs,
-                    z.channels,
-                    z.layers,
-                    z.in_channels,
-                    z.image_size,
-                    z.image_size,
-                    z.classes,
-                    z.identity
-                );
+            if let Some(line) = priced {
+                println!("{line}");
             }
         }
         GenotypeCmd::List => {
@@ -122,4 +102,37 @@ pub fn run(cmd: GenotypeCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `cost: ...` line of `genotype show --cost`: the cost model's parameters and MACs,
+/// and the int8 microcontroller plan's arena and length (`splitnas compile`'s, made
+/// from seeded weights: they depend on the shapes alone).
+fn price(g: &Genotype, z: &CostSizes) -> Result<String> {
+    let net = NetworkConfig::new(g.clone())
+        .with_channels(z.channels)
+        .with_layers(z.layers)
+        .with_image_size(z.image_size)
+        .with_in_channels(z.in_channels)
+        .with_classes(z.classes)
+        .with_identity(z.identity);
+    let flagged = |e: NetworkError| super::errors::network(&e).unwrap_or_else(|| e.into());
+    let c = net.cost().map_err(flagged)?;
+    let plan = network_plan(&net).map_err(|e| match e {
+        NetworkPlanError::Network(n) => flagged(n),
+        e => anyhow::Error::new(e).context("planning the int8 network"),
+    })?;
+    Ok(format!(
+        "cost: params={} macs={} sram_bytes={} flash_bytes={} (C={} L={} {}x{}x{}, {} classes, identity={})",
+        c.params,
+        c.macs,
+        plan.sram_peak,
+        plan.flash_bytes,
+        z.channels,
+        z.layers,
+        z.in_channels,
+        z.image_size,
+        z.image_size,
+        z.classes,
+        z.identity
+    ))
 }

@@ -13,7 +13,10 @@
 //! # }
 //! ```
 
+mod network;
 pub mod order;
+
+pub use network::{network_plan, NetworkPlanError};
 
 use splitnas_micro::planner;
 use splitnas_micro::writer::{DenseSpec, PlanWriter};
