@@ -114,7 +114,11 @@ fn cost_model_macs_equal_the_compiled_plans() {
     let priced = cost_model(&args);
     let compiled = pairs(&stdout);
     for key in ["macs", "sram_bytes", "flash_bytes"] {
-        let k = if key == "sram_bytes" { "sram_peak_bytes" } else { key };
+        let k = if key == "sram_bytes" {
+            "sram_peak_bytes"
+        } else {
+            key
+        };
         assert_eq!(priced[key], compiled[k], "{key}: {stdout}");
     }
     assert!(priced["params"] > 0);
