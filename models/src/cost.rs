@@ -227,11 +227,7 @@ impl NetworkConfig {
         for s in &sites {
             total += s.fixed_cost(self.identity);
             let pair = self.genotype.stage(s.stage);
-            let g = if s.shape.reduction {
-                &pair.reduce
-            } else {
-                &pair.normal
-            };
+            let g = pair.cell(s.shape.reduction);
             total += g
                 .edges
                 .iter()
@@ -277,11 +273,7 @@ impl CostTable {
             fixed += s.fixed_cost(shape.identity);
             let t = usize::from(s.shape.reduction);
             if let Some(pair) = frozen.get(s.stage) {
-                let g = if s.shape.reduction {
-                    &pair.reduce
-                } else {
-                    &pair.normal
-                };
+                let g = pair.cell(s.shape.reduction);
                 fixed += g
                     .edges
                     .iter()

@@ -227,6 +227,17 @@ pub struct CellPair {
     pub reduce: CellGenotype,
 }
 
+impl CellPair {
+    /// The reduction cell (`reduction`) or the normal one.
+    pub fn cell(&self, reduction: bool) -> &CellGenotype {
+        if reduction {
+            &self.reduce
+        } else {
+            &self.normal
+        }
+    }
+}
+
 /// A genotype: one cell pair for the whole network, or one per stage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "serde_json::Value", into = "GenotypeJson")]

@@ -136,11 +136,7 @@ impl NetworkConfig {
         let mut cells = Vec::with_capacity(self.layers);
         for site in &sites {
             let pair = self.genotype.stage(site.stage);
-            let g = if site.shape.reduction {
-                &pair.reduce
-            } else {
-                &pair.normal
-            };
+            let g = pair.cell(site.shape.reduction);
             cells.push(Cell::new(g, site.shape, self.identity, device));
         }
         let out_channels = |s: &crate::cost::CellSite| s.shape.c * s.concat;
