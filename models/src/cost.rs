@@ -15,16 +15,41 @@
 
 use crate::cell::CellShape;
 use crate::genotype::{CellPair, Primitive};
+use crate::latency::{LatencyError, LatencyTable};
 use crate::network::{reduction_layers, NetworkConfig, NetworkError};
 use std::ops::{Add, AddAssign, Sub};
 
-/// Parameters and MACs (per image).
+/// Parameters and MACs (per image), and the two costs measured rather than counted:
+/// SRAM bytes and latency, which this module leaves 0 (a search fills them in from the
+/// microcontroller plan and a latency table, `splitnas_search::budget`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cost {
     /// Learnable scalars.
     pub params: u64,
     /// Multiply-accumulates of one image.
     pub macs: u64,
+    /// Bytes of SRAM (the int8 plan's arena), or its share in an additive model.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sram: u64,
+    /// Nanoseconds per image on the measured device.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_ns: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Cost {
+    /// A counted cost: parameters and MACs (SRAM and latency 0).
+    pub const fn counted(params: u64, macs: u64) -> Cost {
+        Cost {
+            params,
+            macs,
+            sram: 0,
+            latency_ns: 0,
+        }
+    }
 }
 
 impl Add for Cost {
@@ -33,6 +58,8 @@ impl Add for Cost {
         Cost {
             params: self.params + o.params,
             macs: self.macs + o.macs,
+            sram: self.sram + o.sram,
+            latency_ns: self.latency_ns + o.latency_ns,
         }
     }
 }
@@ -44,6 +71,8 @@ impl Sub for Cost {
         Cost {
             params: self.params.saturating_sub(o.params),
             macs: self.macs.saturating_sub(o.macs),
+            sram: self.sram.saturating_sub(o.sram),
+            latency_ns: self.latency_ns.saturating_sub(o.latency_ns),
         }
     }
 }
@@ -63,10 +92,10 @@ impl std::iter::Sum for Cost {
 /// A bias-free `c_in -> c_out` 1x1 convolution with BatchNorm, on an output map of side
 /// `side` (ReLUConvBN 1x1, and FactorizedReduce: two 1x1 convolutions to `c_out / 2`).
 fn pointwise_bn(c_in: usize, c_out: usize, side: usize) -> Cost {
-    Cost {
-        params: (c_in * c_out + 2 * c_out) as u64,
-        macs: (c_in * c_out * side * side) as u64,
-    }
+    Cost::counted(
+        (c_in * c_out + 2 * c_out) as u64,
+        (c_in * c_out * side * side) as u64,
+    )
 }
 
 /// Output side of a 3x3 pool, a (dilated) depthwise convolution with DARTS' padding or a
@@ -80,9 +109,11 @@ pub fn op_cost(p: Primitive, c: usize, stride: usize, side: usize) -> Cost {
     let so = out_side(side, stride);
     let area = (so * so) as u64;
     // depthwise k x k + pointwise + BN
-    let dw_pw = |k: usize| Cost {
-        params: (c * k * k + c * c + 2 * c) as u64,
-        macs: (c * k * k + c * c) as u64 * area,
+    let dw_pw = |k: usize| {
+        Cost::counted(
+            (c * k * k + c * c + 2 * c) as u64,
+            (c * k * k + c * c) as u64 * area,
+        )
     };
     match p {
         Primitive::None | Primitive::MaxPool3x3 | Primitive::AvgPool3x3 => Cost::default(),
@@ -210,13 +241,13 @@ impl NetworkConfig {
     fn ends_cost(&self, c_last: usize) -> Cost {
         let c_stem = 3 * self.channels;
         let s = self.image_size;
-        Cost {
-            params: (self.in_channels * c_stem * 9 + 2 * c_stem) as u64,
-            macs: (self.in_channels * c_stem * 9 * s * s) as u64,
-        } + Cost {
-            params: (c_last * self.classes + self.classes) as u64,
-            macs: (c_last * self.classes) as u64,
-        }
+        Cost::counted(
+            (self.in_channels * c_stem * 9 + 2 * c_stem) as u64,
+            (self.in_channels * c_stem * 9 * s * s) as u64,
+        ) + Cost::counted(
+            (c_last * self.classes + self.classes) as u64,
+            (c_last * self.classes) as u64,
+        )
     }
 
     /// Parameters and MACs of the network `init` builds (auxiliary head not counted).
@@ -293,6 +324,43 @@ impl CostTable {
         let last = sites.last().map_or(0, |s| s.shape.c * s.concat);
         fixed += shape.ends_cost(last);
         Ok(CostTable { fixed, edges })
+    }
+
+    /// Sets every entry's `latency_ns` from `lut` (measured on `shape`'s sizes), the
+    /// frozen stages' edges and the rest of the network into `fixed` (see
+    /// [`crate::latency`]).
+    pub fn apply_latency(
+        &mut self,
+        shape: &NetworkConfig,
+        frozen: &[CellPair],
+        lut: &LatencyTable,
+    ) -> Result<(), LatencyError> {
+        lut.check_network(shape)?;
+        let sites = shape.walk(|_, _| NODES);
+        let mut fixed = lut.fixed_ns;
+        for row in self.edges.iter_mut().flatten().flatten() {
+            for c in row.iter_mut() {
+                c.latency_ns = 0;
+            }
+        }
+        for (i, s) in sites.iter().enumerate() {
+            let t = usize::from(s.shape.reduction);
+            if let Some(pair) = frozen.get(s.stage) {
+                for &(op, input) in &pair.cell(s.shape.reduction).edges {
+                    fixed += lut.edge_ns(i, op, s.stride(input))?;
+                }
+                continue;
+            }
+            for inputs in self.edges[t].iter_mut() {
+                for (input, ops) in inputs.iter_mut().enumerate() {
+                    for (k, &op) in Primitive::ALL.iter().enumerate() {
+                        ops[k].latency_ns += lut.edge_ns(i, op, s.stride(input))?;
+                    }
+                }
+            }
+        }
+        self.fixed.latency_ns = fixed;
+        Ok(())
     }
 
     /// The cost of the network with `pair` as the searched pair (4-node cells).

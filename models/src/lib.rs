@@ -20,14 +20,16 @@ pub mod fastselect;
 pub mod fastsum;
 pub mod genotype;
 pub mod graph;
+pub mod latency;
 pub mod network;
 mod notation;
 pub mod ops;
 pub mod params;
 pub mod zoo;
 
-pub use cost::{Cost, CostTable};
+pub use cost::{Cost, CostTable, NODES};
 pub use genotype::{CellGenotype, CellPair, Genotype, GenotypeError, Primitive};
+pub use latency::{LatencyError, LatencyTable};
 pub use network::{Network, NetworkConfig, NetworkError, NetworkSize};
 pub use params::{count_parameters, materialize};
 

@@ -209,9 +209,53 @@ impl<B: Backend> Model<B> {
                 n,
                 profile,
                 self.on_host,
+                None,
             ),
         };
         Ok(y.reshape([n, self.classes_count]))
+    }
+
+    /// Seconds of every step of the float engine on one image `[1, C, H, W]` (zeros),
+    /// op after op on the calling thread, each synchronized: the median of `repeats`
+    /// runs after one warm-up, with the ONNX node each step runs (a fused ReLU counts
+    /// with its convolution). What a single core spends per op: the latency table of
+    /// `splitnas bench ops`. An error for files the int8 engine runs.
+    pub fn step_times(&self, repeats: usize) -> Result<Vec<(String, f64)>, RuntimeError> {
+        if self.int8.is_some() {
+            return Err(RuntimeError::Model(
+                "step times cover the float engine; this file runs on the int8 engine".into(),
+            ));
+        }
+        let [c, h, w] = self.input_shape;
+        let mut runs: Vec<Vec<f64>> = vec![];
+        for i in 0..=repeats.max(1) {
+            let x = Tensor::<B, 4>::zeros([1, c, h, w], &self.device);
+            let mut t = Vec::with_capacity(self.plan.len());
+            let y = exec::execute(
+                &self.plan,
+                self.values,
+                x,
+                self.output,
+                1,
+                false,
+                self.on_host,
+                Some(&mut t),
+            );
+            drop(y);
+            if i > 0 {
+                runs.push(t);
+            }
+        }
+        Ok(self
+            .plan
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+                v.sort_by(f64::total_cmp);
+                (p.name.to_string(), v[v.len() / 2])
+            })
+            .collect())
     }
 
     /// Logits of `n` images given as flat NCHW floats.

@@ -184,6 +184,8 @@ impl<B: Backend> Step<B> {
 #[derive(Clone, Debug)]
 pub(crate) struct Planned<B: Backend> {
     pub step: Step<B>,
+    /// The ONNX node it runs (the first of a fused pair).
+    pub name: std::sync::Arc<str>,
     pub out: usize,
     /// Values whose last reader this step is (freed after it).
     pub last_use: Vec<usize>,

@@ -171,6 +171,12 @@ pub enum TrainError {
     /// Resuming a directory without a checkpoint.
     #[error("{0} has no checkpoint.json to resume from")]
     NothingToResume(PathBuf),
+    /// The microcontroller plan an SRAM budget is priced with could not be made.
+    #[error("--max-sram: {0}")]
+    Sram(String),
+    /// A latency table that does not price the evaluation network.
+    #[error("--latency-table: {0}")]
+    Latency(String),
     /// Loss became NaN or infinite.
     #[error("training loss became {value} at epoch {epoch}, batch {batch}; stopped. The last good checkpoint (epoch {last_good}) is kept in {dir}; lower the learning rate and resume or restart")]
     NonFinite {

@@ -18,6 +18,9 @@ pub enum BenchCmd {
     Run(BenchArgs),
     /// Training throughput of an evaluation network on synthetic data.
     Train(TrainArgs),
+    /// The latency table of an evaluation network: every op on every cell, timed with
+    /// the runtime on this machine (`search --latency-table`).
+    Ops(super::latency::OpsArgs),
 }
 
 #[derive(Args)]
@@ -55,6 +58,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::SearchStep(a) => search_step(a),
         BenchCmd::Run(a) => Ok(splitnas_runtime::cli::bench(&a)?),
         BenchCmd::Train(a) => train(a),
+        BenchCmd::Ops(a) => super::latency::ops(a),
     }
 }
 

@@ -1,9 +1,30 @@
 //! The budget flags of `splitnas search` and `splitnas compare` (hardware-aware search)
 //! and the evaluation network they apply to.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use splitnas_search::budget::{Budget, BudgetSpec, DEFAULT_TEMPERATURE};
+use splitnas_models::LatencyTable;
+use splitnas_search::budget::{Budget, BudgetSpec, SramOracle, DEFAULT_TEMPERATURE};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A latency table file, its problems named with the path.
+pub fn read_latency_table(path: &Path) -> Result<LatencyTable> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--latency-table {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("--latency-table {}: not a latency table", path.display()))
+}
+
+/// The arena of a network's int8 microcontroller plan, for SRAM budgets: the plan
+/// `splitnas compile` makes (from seeded weights; the arena depends on shapes alone).
+pub fn sram_oracle() -> SramOracle {
+    SramOracle(Arc::new(|cfg| {
+        splitnas_export::plan::network_plan(cfg)
+            .map(|plan| plan.sram_peak as u64)
+            .map_err(|e| e.to_string())
+    }))
+}
 
 /// Limits on the network `train` will build from the found genotype.
 #[derive(Args, Clone, Debug)]
@@ -15,6 +36,17 @@ pub struct BudgetArgs {
     /// Most multiply-accumulates per image of the evaluation network.
     #[arg(long, value_name = "N")]
     pub max_macs: Option<u64>,
+    /// Most bytes of SRAM: the arena of the evaluation network's int8 microcontroller
+    /// plan (`splitnas compile`'s `sram_peak`).
+    #[arg(long, value_name = "BYTES")]
+    pub max_sram: Option<u64>,
+    /// Most milliseconds per image on the device the latency table was measured on.
+    #[arg(long, value_name = "MS", requires = "latency_table")]
+    pub max_latency_ms: Option<f64>,
+    /// Latency table of the evaluation network (`splitnas bench ops --out lut.json`, run
+    /// on the target device).
+    #[arg(long, value_name = "FILE")]
+    pub latency_table: Option<PathBuf>,
     /// Initial channels C of the evaluation network the budget applies to (`train
     /// --channels`).
     #[arg(long, default_value_t = 36)]
@@ -44,6 +76,8 @@ impl BudgetArgs {
         Budget {
             max_params: self.max_params,
             max_macs: self.max_macs,
+            max_sram: self.max_sram,
+            max_latency_ns: self.max_latency_ms.map(|ms| (ms * 1e6).round() as u64),
         }
     }
 
@@ -73,8 +107,18 @@ impl BudgetArgs {
                 self.cost_temperature
             );
         }
+        if let Some(ms) = self.max_latency_ms {
+            if !(ms.is_finite() && ms > 0.0) {
+                bail!("--max-latency-ms must be a positive number (got {ms})");
+            }
+        }
+        let latency = match &self.latency_table {
+            Some(path) => Some(read_latency_table(path)?),
+            None => None,
+        };
         let limits = self.limits();
         Ok((!limits.is_empty()).then(|| BudgetSpec {
+            latency,
             limits,
             channels: self.eval_channels,
             layers: self.eval_layers,

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod errors;
 pub mod export;
 pub mod genotype;
+pub mod latency;
 pub mod plot;
 pub mod quantize;
 pub mod quickstart;

@@ -166,6 +166,7 @@ pub fn run(q: QuickstartArgs) -> Result<()> {
         device.into(),
         &SearchOptions {
             budget: None,
+            sram_oracle: None,
             dataset: DatasetKind::FashionMnist,
             data: DataOptions {
                 train_limit: Some(q.search_images),

@@ -96,6 +96,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
         resume: a.run_dir.resume,
         progress: true,
         budget: a.budget.spec()?,
+        sram_oracle: Some(super::budget::sram_oracle()),
     };
     let s = search(a.device.open()?, &opts).map_err(errors::train)?;
     println!("final genotype = {}", s.genotype.to_darts());

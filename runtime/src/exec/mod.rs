@@ -187,7 +187,9 @@ pub(crate) fn run_step<B: Backend>(
 }
 
 /// Runs the plan on `input` (value 0) with batch size `n`; returns value `output`.
-/// `profile`: print the time per op kind (`SPLITNAS_PROFILE=1`).
+/// `profile`: print the time per op kind (`SPLITNAS_PROFILE=1`); `timer`: gets the
+/// seconds of every step, in plan order (each step synchronized before the next).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute<B: Backend>(
     plan: &[Planned<B>],
     values_len: usize,
@@ -196,6 +198,7 @@ pub(crate) fn execute<B: Backend>(
     n: usize,
     profile: bool,
     on_host: bool,
+    mut timer: Option<&mut Vec<f64>>,
 ) -> Tensor<B, 4> {
     let mut values: Vec<Option<Tensor<B, 4>>> = vec![None; values_len];
     values[0] = Some(input);
@@ -229,6 +232,10 @@ pub(crate) fn execute<B: Backend>(
             }
         };
         let y = run_step(&p.step, &mut get, n, on_host);
+        if let Some(t) = timer.as_deref_mut() {
+            let _ = B::sync(&y.device());
+            t.push(t0.elapsed().as_secs_f64());
+        }
         if profile {
             let y = y.clone();
             let _ = B::sync(&y.device());

@@ -218,7 +218,7 @@ pub(crate) fn execute_images<B: Backend>(
             }
             let x = chunks[i].clone();
             let n = x.dims()[0];
-            let y = execute(plan, values_len, x, output, n, false, true);
+            let y = execute(plan, values_len, x, output, n, false, true, None);
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
         }
     };

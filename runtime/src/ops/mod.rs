@@ -332,6 +332,7 @@ impl<B: Backend> Ctx<'_, B> {
         self.next_id += 1;
         self.plan.push(Planned {
             step,
+            name: n.name().into(),
             out: id,
             last_use: vec![],
         });

@@ -205,3 +205,54 @@ fn cheapest_choice(options: &[(Choice, f64, Cost)], budget: &Budget) -> usize {
         .min_by(|&a, &b| weight(&options[a].2).total_cmp(&weight(&options[b].2)))
         .unwrap_or(0)
 }
+
+/// The pair with the least of `r` by `table`: per node the two cheapest distinct inputs,
+/// each with its cheapest op other than `none` (the pair [`super::cheapest`] counts).
+pub(crate) fn cheapest_pair(table: &CostTable, r: Resource) -> CellPair {
+    let cell = |t: usize| {
+        let mut edges = Vec::with_capacity(2 * NODES);
+        for inputs in &table.edges[t] {
+            let mut best: Vec<(u64, usize, usize)> = inputs
+                .iter()
+                .enumerate()
+                .map(|(input, ops)| {
+                    let k = (1..OPS).min_by_key(|&k| r.of(&ops[k])).unwrap_or(1);
+                    (r.of(&ops[k]), k, input)
+                })
+                .collect();
+            best.sort_unstable();
+            let mut two: Vec<(usize, usize)> = best.iter().take(2).map(|b| (b.1, b.2)).collect();
+            two.sort_by_key(|e| e.1);
+            edges.extend(two.into_iter().map(|(k, input)| (Primitive::ALL[k], input)));
+        }
+        CellGenotype {
+            edges,
+            concat: (2..2 + NODES).collect(),
+        }
+    };
+    CellPair {
+        normal: cell(0),
+        reduce: cell(1),
+    }
+}
+
+/// The derivation's score of `pair` under `weights`: `sum ln(alpha_ek beta_e)` over its
+/// edges (what the constrained derivation maximizes).
+pub(crate) fn pair_score(weights: [&CellWeights; 2], pair: &CellPair) -> f64 {
+    [&pair.normal, &pair.reduce]
+        .into_iter()
+        .zip(weights)
+        .map(|(g, w)| {
+            g.edges
+                .iter()
+                .enumerate()
+                .map(|(j, &(op, input))| {
+                    let e = node_edges(j / 2).start + input;
+                    (w.alphas[e][op.index()] as f64 * w.betas[e] as f64)
+                        .max(f64::MIN_POSITIVE)
+                        .ln()
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}

@@ -26,8 +26,10 @@ pub type Expected = Vec<(Resource, f64)>;
 impl<B: Backend> CostTerm<B> {
     /// The term for `table`'s network; `weight` multiplies the penalty.
     pub fn new(table: &CostTable, budget: &Budget, weight: f64, device: &B::Device) -> Self {
+        // the counted resources always (for the report), the measured ones when limited
         let parts = Resource::ALL
             .iter()
+            .filter(|&&r| Resource::COUNTED.contains(&r) || budget.limit(r).is_some())
             .map(|&r| {
                 // costs relative to the limit (the penalty's units), raw otherwise
                 let scale = budget.limit(r).map_or(1.0, |l| l.max(1) as f64);

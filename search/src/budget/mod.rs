@@ -37,12 +37,14 @@ use splitnas_models::{Cost, CostTable};
 mod derive;
 mod expected;
 mod guard;
+pub mod sram;
 #[cfg(test)]
 mod tests;
 
 pub use derive::derive;
 pub use expected::CostTerm;
 pub use guard::{BudgetSpec, EpochCost, Guard, DEFAULT_TEMPERATURE};
+pub use sram::SramOracle;
 
 /// A resource a budget limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,25 +54,41 @@ pub enum Resource {
     Params,
     /// Multiply-accumulates per image.
     Macs,
+    /// Bytes of the int8 microcontroller plan's arena.
+    Sram,
+    /// Nanoseconds per image, from a latency table.
+    Latency,
 }
 
 impl Resource {
     /// Every resource, in report order.
-    pub const ALL: [Resource; 2] = [Resource::Params, Resource::Macs];
+    pub const ALL: [Resource; 4] = [
+        Resource::Params,
+        Resource::Macs,
+        Resource::Sram,
+        Resource::Latency,
+    ];
 
     /// The amount of this resource in `c`.
     pub fn of(self, c: &Cost) -> u64 {
         match self {
             Resource::Params => c.params,
             Resource::Macs => c.macs,
+            Resource::Sram => c.sram,
+            Resource::Latency => c.latency_ns,
         }
     }
 
-    /// Its name in reports (`params`, `macs`).
+    /// The resources counted from shapes, always reported.
+    pub const COUNTED: [Resource; 2] = [Resource::Params, Resource::Macs];
+
+    /// Its name in reports (`params`, `macs`, `sram_bytes`, `latency_ns`).
     pub fn name(self) -> &'static str {
         match self {
             Resource::Params => "params",
             Resource::Macs => "macs",
+            Resource::Sram => "sram_bytes",
+            Resource::Latency => "latency_ns",
         }
     }
 }
@@ -84,6 +102,12 @@ pub struct Budget {
     /// Most MACs per image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_macs: Option<u64>,
+    /// Most bytes of the microcontroller plan's arena.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sram: Option<u64>,
+    /// Most nanoseconds per image (by the latency table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ns: Option<u64>,
 }
 
 impl Budget {
@@ -92,6 +116,8 @@ impl Budget {
         match r {
             Resource::Params => self.max_params,
             Resource::Macs => self.max_macs,
+            Resource::Sram => self.max_sram,
+            Resource::Latency => self.max_latency_ns,
         }
     }
 

@@ -60,6 +60,7 @@ fn constrained_derivation_never_exceeds_the_budget() {
         let budget = Budget {
             max_params: (case % 3 != 1).then(|| between(Resource::Params, f)),
             max_macs: (case % 3 != 0).then(|| between(Resource::Macs, f)),
+            ..Default::default()
         };
         let pair = derive([&n, &r], &table, &budget).unwrap();
         let cost = table.pair_cost(&pair);
@@ -99,8 +100,8 @@ fn a_budget_below_the_cheapest_cell_is_named_before_searching() {
     });
     assert_eq!(floor, table.fixed);
     assert_eq!(
-        cheapest(&table),
-        vec![
+        cheapest(&table)[..2],
+        [
             (Resource::Params, floor.params),
             (Resource::Macs, floor.macs)
         ]
@@ -108,6 +109,7 @@ fn a_budget_below_the_cheapest_cell_is_named_before_searching() {
     let budget = Budget {
         max_params: Some(floor.params - 1),
         max_macs: None,
+        ..Default::default()
     };
     let e = check(&table, &budget).unwrap_err();
     assert_eq!(e.cheapest, floor.params);
@@ -120,6 +122,7 @@ fn a_budget_below_the_cheapest_cell_is_named_before_searching() {
     let at = Budget {
         max_params: Some(floor.params),
         max_macs: Some(floor.macs),
+        ..Default::default()
     };
     assert!(table
         .pair_cost(&derive([&w, &w], &table, &at).unwrap())
@@ -169,7 +172,7 @@ fn expected_cost_with_uniform_weights_is_the_mean_op_cost() {
     let term = CostTerm::<B>::new(&table, &Budget::default(), 1.0, &Default::default());
     let zeros = vec![0.0; EDGES * OPS];
     let a = arch([zeros.clone(), zeros], [vec![0.0; EDGES], vec![0.0; EDGES]]);
-    for r in Resource::ALL {
+    for r in Resource::COUNTED {
         // hand formula: each node keeps 2 of its n inputs, each equally likely, with
         // each of the 7 ops equally likely
         let mut want = r.of(&table.fixed) as f64;
@@ -214,7 +217,7 @@ fn expected_cost_of_a_decided_architecture_is_the_derived_cost() {
         reduce: cells[1].clone(),
     };
     let derived = table.pair_cost(&pair);
-    for r in Resource::ALL {
+    for r in Resource::COUNTED {
         let (got, want) = (expected_of(&term, &a, r), r.of(&derived) as f64);
         assert!(
             (got - want).abs() <= 1e-4 * want,
@@ -242,10 +245,12 @@ fn the_penalty_is_zero_within_budget_and_pushes_the_cost_down_over_it() {
     let over = Budget {
         max_params: Some((0.8 * e) as u64),
         max_macs: None,
+        ..Default::default()
     };
     let within = Budget {
         max_params: Some((1.2 * e) as u64),
         max_macs: None,
+        ..Default::default()
     };
     let p = CostTerm::<B>::new(&table, &within, 1.0, &dev).penalty(&plain, true, 1.0);
     assert_eq!(p.into_scalar(), 0.0);
@@ -299,7 +304,7 @@ fn at_a_low_temperature_the_expected_cost_is_the_derived_cost() {
         let derived = table.pair_cost(&plain);
         let hot = term.expected(&a, true, 1.0);
         let cold = term.expected(&a, true, 1e-3);
-        for (i, r) in Resource::ALL.into_iter().enumerate() {
+        for (i, r) in Resource::COUNTED.into_iter().enumerate() {
             let want = r.of(&derived) as f64;
             // ties closer than ~1e-3 in the logits would mix two choices: 1%
             assert!(

@@ -170,7 +170,7 @@ pub fn search_on<B: AutodiffBackend>(
             };
             // a budget no cell pair meets: said before anything is written
             if let Some(b) = &cfg.budget {
-                b.table(&cfg.supernet, &[])?;
+                b.table(&cfg.supernet, &[], opts.sram_oracle.as_ref())?;
             }
             std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
                 path: out.clone(),
@@ -217,7 +217,7 @@ pub fn search_on<B: AutodiffBackend>(
     let new_guard = |frozen: &[CellPair]| {
         cfg.budget
             .as_ref()
-            .map(|b| Guard::<B>::new(b, &cfg.supernet, frozen, device))
+            .map(|b| Guard::<B>::new(b, &cfg.supernet, frozen, opts.sram_oracle.as_ref(), device))
             .transpose()
     };
     let mut guard = new_guard(&frozen)?;
@@ -230,7 +230,7 @@ pub fn search_on<B: AutodiffBackend>(
             arch.cell_weights(true, edge_norm),
         );
         match guard {
-            Some(g) => g.derive(&normal, &reduce).map_err(TrainError::from),
+            Some(g) => g.derive(&normal, &reduce),
             None => Ok(CellPair {
                 normal: normal.genotype(),
                 reduce: reduce.genotype(),
@@ -432,7 +432,10 @@ pub fn search_on<B: AutodiffBackend>(
         let normal = valid_net.arch.cell_weights(false, edge_norm);
         let reduce = valid_net.arch.cell_weights(true, edge_norm);
         let current = derive_pair(&net, &guard)?;
-        let cost = guard.as_ref().map(|g| g.report(&net.arch, &current));
+        let cost = guard
+            .as_ref()
+            .map(|g| g.report(&net.arch, &current))
+            .transpose()?;
         let genotype = compose_genotype(&frozen, &current, stages);
         let stage_label = (stages > 1).then_some(stage + 1);
         let learned = normal
@@ -479,10 +482,7 @@ pub fn search_on<B: AutodiffBackend>(
         );
         println!("genotype = {}", m.genotype);
         if let Some(c) = &m.cost {
-            println!(
-                "cost: expected params={:.0} macs={:.0} (temperature {:.3}), derived params={} macs={}",
-                c.expected_params, c.expected_macs, c.temperature, c.derived.params, c.derived.macs
-            );
+            println!("cost: {}", c.line());
         }
         if let Some((n, r)) = &learned {
             println!(

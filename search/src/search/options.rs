@@ -2,7 +2,7 @@
 //! of the settings that need no data.
 
 use crate::architect::Order;
-use crate::budget::BudgetSpec;
+use crate::budget::{BudgetSpec, SramOracle};
 use crate::data::{DataOptions, DatasetKind};
 use crate::error::Constraint::{AtLeastOne, OpenUnit, Positive};
 use crate::error::{require, Setting, TrainError};
@@ -107,6 +107,8 @@ pub struct SearchOptions {
     pub progress: bool,
     /// Limits on the evaluation network the genotype builds (hardware-aware search).
     pub budget: Option<BudgetSpec>,
+    /// The microcontroller plan's arena, needed by an SRAM budget (also on resume).
+    pub sram_oracle: Option<SramOracle>,
 }
 
 /// `config.json` of a search run.

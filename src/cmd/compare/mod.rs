@@ -121,6 +121,10 @@ pub struct CompareArgs {
     /// Budget: most multiply-accumulates per image of the trained network.
     #[arg(long, value_name = "N")]
     max_macs: Option<u64>,
+    /// Budget: most bytes of the trained network's int8 microcontroller plan arena
+    /// (`splitnas compile`); random cells over it are drawn again.
+    #[arg(long, value_name = "BYTES")]
+    max_sram: Option<u64>,
     #[command(flatten)]
     device: DeviceArg,
     /// Output directory (a rerun with the same settings continues it).
@@ -213,6 +217,8 @@ impl From<CompareArgs> for Compare {
             budget: Budget {
                 max_params: a.max_params,
                 max_macs: a.max_macs,
+                max_sram: a.max_sram,
+                max_latency_ns: None,
             },
         }
     }
@@ -296,6 +302,9 @@ pub struct Row {
     /// Multiply-accumulates per image of the trained network (cost model).
     #[serde(default)]
     pub macs: u64,
+    /// Arena bytes of the trained network's int8 plan, under an SRAM budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sram: Option<u64>,
     /// Test accuracy per training seed.
     pub test_acc: Vec<f64>,
     /// Mean test accuracy.
@@ -385,8 +394,12 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
         let cost = budget::cost(c, &g, data)?;
         if !c.budget.admits(&cost) {
             println!(
-                "{name}: {} parameters, {} MACs: over the budget, left out",
-                cost.params, cost.macs
+                "{name}: {} parameters, {} MACs{}: over the budget, left out",
+                cost.params,
+                cost.macs,
+                c.budget
+                    .max_sram
+                    .map_or(String::new(), |_| format!(", {} SRAM bytes", cost.sram))
             );
             continue;
         }
@@ -414,8 +427,11 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
                 .map_or(String::new(), |n| format!(" params <= {n}")),
             c.budget
                 .max_macs
-                .map_or(String::new(), |n| format!(" MACs <= {n}"))
+                .map_or(String::new(), |n| format!(" MACs <= {n}")),
         );
+        if let Some(n) = c.budget.max_sram {
+            println!("  SRAM (int8 plan arena) <= {n} bytes");
+        }
     }
     let mut step = 0;
     let t_all = Instant::now();
@@ -540,6 +556,7 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
         let mean = accs.iter().sum::<f64>() / accs.len() as f64;
         let spread = accs.iter().copied().fold(f64::MIN, f64::max)
             - accs.iter().copied().fold(f64::MAX, f64::min);
+        let cost = budget::cost(c, &g, data)?;
         rows.push(Row {
             method: name,
             description,
@@ -547,7 +564,8 @@ pub fn compare(c: &Compare) -> Result<Vec<Row>> {
             search_cpu_seconds: search_cost.as_ref().map(|c| c.cpu_seconds),
             search_peak_mb: search_cost.as_ref().map(|c| c.peak_rss_mb),
             normal_skips: normal_skips(&g),
-            macs: budget::cost(c, &g, data)?.macs,
+            macs: cost.macs,
+            sram: c.budget.max_sram.map(|_| cost.sram),
             genotype: g.to_darts(),
             parameters,
             test_acc: accs,
