@@ -101,9 +101,23 @@ pub fn run(a: SearchArgs) -> Result<()> {
     let s = search(a.device.open()?, &opts).map_err(errors::train)?;
     println!("final genotype = {}", s.genotype.to_darts());
     if let Some(c) = s.metrics.last().and_then(|m| m.cost.as_ref()) {
+        let mut measured = String::new();
+        if c.expected_sram.is_some() {
+            measured += &format!(" sram_bytes={}", c.derived.sram);
+        }
+        if c.expected_latency_ns.is_some() {
+            measured += &format!(" latency_ms={:.3}", c.derived.latency_ns as f64 / 1e6);
+        }
         println!(
-            "final cost: params={} macs={} (expected params={:.0} macs={:.0})",
-            c.derived.params, c.derived.macs, c.expected_params, c.expected_macs
+            "final cost: params={} macs={}{measured} (expected params={:.0} macs={:.0}{}{})",
+            c.derived.params,
+            c.derived.macs,
+            c.expected_params,
+            c.expected_macs,
+            c.expected_sram
+                .map_or(String::new(), |e| format!(" sram_bytes={e:.0}")),
+            c.expected_latency_ns
+                .map_or(String::new(), |e| format!(" latency_ms={:.3}", e / 1e6)),
         );
     }
     println!("wrote {}", s.out.join("genotype.json").display());

@@ -62,12 +62,14 @@ impl<B: Backend> CostTerm<B> {
     }
 
     /// The expected cost of each resource divided by its scale, as `[1]` tensors, at
-    /// temperature `tau` (see the module notes of [`super`]).
+    /// temperature `tau` (see the module notes of [`super`]), each resource's fixed part
+    /// moved by its `shift` (in its units).
     fn relative(
         &self,
         arch: &ArchParams<B>,
         edge_norm: bool,
         tau: f64,
+        shift: &[(Resource, f64)],
     ) -> Vec<(Resource, Tensor<B, 1>)> {
         let cells = [
             arch.weights(false, edge_norm),
@@ -90,8 +92,10 @@ impl<B: Backend> CostTerm<B> {
             .collect();
         self.parts
             .iter()
-            .map(|(r, fixed, coef, _)| {
-                let mut total = Tensor::<B, 1>::from_floats([*fixed as f32], &coef[0].device());
+            .map(|(r, fixed, coef, scale)| {
+                let moved: f64 = shift.iter().filter(|s| s.0 == *r).map(|s| s.1).sum();
+                let fixed = fixed + moved / scale;
+                let mut total = Tensor::<B, 1>::from_floats([fixed as f32], &coef[0].device());
                 for ((kept, q), coef) in per_cell.iter().zip(coef) {
                     let edge_cost = q.clone().mul(coef.clone()).sum_dim(1).reshape([EDGES]);
                     total = total.add(kept.clone().mul(edge_cost).sum());
@@ -104,8 +108,19 @@ impl<B: Backend> CostTerm<B> {
     /// `weight * sum over the budget's resources of relu(expected / limit - 1)` (or
     /// `|expected / limit - 1|` when aiming) at temperature `tau`, `[1]`.
     pub fn penalty(&self, arch: &ArchParams<B>, edge_norm: bool, tau: f64) -> Tensor<B, 1> {
+        self.penalty_shifted(arch, edge_norm, tau, &[])
+    }
+
+    /// [`Self::penalty`] with fixed parts moved by `shift`.
+    pub fn penalty_shifted(
+        &self,
+        arch: &ArchParams<B>,
+        edge_norm: bool,
+        tau: f64,
+        shift: &[(Resource, f64)],
+    ) -> Tensor<B, 1> {
         let mut total: Option<Tensor<B, 1>> = None;
-        for (r, rel) in self.relative(arch, edge_norm, tau) {
+        for (r, rel) in self.relative(arch, edge_norm, tau, shift) {
             if self.budget.limit(r).is_some() {
                 let off = rel.sub_scalar(1.0);
                 let excess = if self.aim {
@@ -128,7 +143,18 @@ impl<B: Backend> CostTerm<B> {
     /// The expected cost of every resource at temperature `tau`, in its units
     /// (parameters, MACs).
     pub fn expected(&self, arch: &ArchParams<B>, edge_norm: bool, tau: f64) -> Expected {
-        self.relative(arch, edge_norm, tau)
+        self.expected_shifted(arch, edge_norm, tau, &[])
+    }
+
+    /// [`Self::expected`] with fixed parts moved by `shift`.
+    pub fn expected_shifted(
+        &self,
+        arch: &ArchParams<B>,
+        edge_norm: bool,
+        tau: f64,
+        shift: &[(Resource, f64)],
+    ) -> Expected {
+        self.relative(arch, edge_norm, tau, shift)
             .into_iter()
             .zip(&self.parts)
             .map(|((r, t), part)| (r, t.into_scalar().elem::<f64>() * part.3))

@@ -186,6 +186,9 @@ struct Arena {
     shape: NetworkConfig,
     frozen: Vec<CellPair>,
     known: Arc<Mutex<Vec<(CellPair, u64)>>>,
+    /// The plan's arena minus the model's at the last derived pair, bytes: the model's
+    /// fixed part is moved by it (a correction anchored where the search now is).
+    residual: Arc<Mutex<f64>>,
 }
 
 impl Arena {
@@ -220,6 +223,7 @@ impl<B: Backend> Guard<B> {
                 shape: spec.network(supernet),
                 frozen: frozen.to_vec(),
                 known: Arc::new(Mutex::new(m.samples)),
+                residual: Arc::new(Mutex::new(0.0)),
             }),
             _ => None,
         };
@@ -252,7 +256,18 @@ impl<B: Backend> Guard<B> {
 
     /// The penalty added to the architecture loss, `[1]`.
     pub fn penalty(&self, arch: &ArchParams<B>) -> Tensor<B, 1> {
-        self.term.penalty(arch, self.edge_norm, self.tau)
+        self.term
+            .penalty_shifted(arch, self.edge_norm, self.tau, &self.shift())
+    }
+
+    /// The correction of the arena model at the last derived pair.
+    fn shift(&self) -> Vec<(Resource, f64)> {
+        self.arena.as_ref().map_or(vec![], |a| {
+            vec![(
+                Resource::Sram,
+                *a.residual.lock().unwrap_or_else(|e| e.into_inner()),
+            )]
+        })
     }
 
     /// The best pair of `normal` and `reduce` that meets the budget. With an SRAM limit
@@ -267,6 +282,19 @@ impl<B: Backend> Guard<B> {
         let Some((arena, limit)) = self.arena.as_ref().zip(self.spec.limits.max_sram) else {
             return Ok(derive(weights, &self.table, &self.spec.limits)?);
         };
+        let pair = self.derive_within_arena(weights, arena, limit)?;
+        let actual = arena.of(&pair)?;
+        let modelled = self.table.pair_cost(&pair).sram;
+        *arena.residual.lock().unwrap_or_else(|e| e.into_inner()) = actual as f64 - modelled as f64;
+        Ok(pair)
+    }
+
+    fn derive_within_arena(
+        &self,
+        weights: [&CellWeights; 2],
+        arena: &Arena,
+        limit: u64,
+    ) -> Result<CellPair, TrainError> {
         let mut budget = self.spec.limits;
         for _ in 0..8 {
             // the model can no longer meet the lowered limit: the known pairs decide
@@ -308,7 +336,9 @@ impl<B: Backend> Guard<B> {
 
     /// The figures of an epoch whose architecture is `arch` and derived pair `pair`.
     pub fn report(&self, arch: &ArchParams<B>, pair: &CellPair) -> Result<EpochCost, TrainError> {
-        let e = self.term.expected(arch, self.edge_norm, self.tau);
+        let e = self
+            .term
+            .expected_shifted(arch, self.edge_norm, self.tau, &self.shift());
         let get = |r| e.iter().find(|x| x.0 == r).map_or(0.0, |x| x.1);
         let limited = |r: Resource| self.spec.limits.limit(r).map(|_| get(r));
         Ok(EpochCost {

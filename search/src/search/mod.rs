@@ -271,6 +271,11 @@ pub fn search_on<B: AutodiffBackend>(
             checkpoint::load_optimizer::<B, Supernet<B>, _>(a_optim, &out.join(arch_rel), device)?;
         metrics = s.metrics.clone();
         start_epoch = s.epoch;
+        // the SRAM model's correction at the last derived pair, as the uninterrupted
+        // run had it after this epoch
+        if guard.is_some() && s.epoch > 0 {
+            derive_pair(&net, &guard)?;
+        }
         println!(
             "resuming search {} after epoch {}/{} (settings from config.json)",
             out.display(),
