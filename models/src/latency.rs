@@ -165,3 +165,123 @@ impl LatencyTable {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A hand-made table priced three ways: by hand, by `network_ns` and through the
+    //! search's cost table.
+    use super::*;
+    use crate::genotype::{CellGenotype, CellPair, Genotype};
+    use crate::{zoo, CostTable};
+
+    fn shape() -> NetworkConfig {
+        NetworkConfig::new(zoo::by_name("DARTS_V2").unwrap())
+            .with_channels(8)
+            .with_layers(5)
+            .with_in_channels(1)
+            .with_image_size(28)
+    }
+
+    /// Cell i, op k, stride s: 1000 i + 10 k + s nanoseconds (reduction cells: layers 1
+    /// and 3 of 5 have stride-2 times).
+    fn table() -> LatencyTable {
+        let cells = (0..5)
+            .map(|i| {
+                Primitive::ALL[1..]
+                    .iter()
+                    .map(|&op| {
+                        let v = |s: u64| 1000 * i as u64 + 10 * op.index() as u64 + s;
+                        let t = OpLatency {
+                            stride1_ns: Some(v(1)),
+                            stride2_ns: (i == 1 || i == 3).then(|| v(2)),
+                        };
+                        (op.name().to_string(), t)
+                    })
+                    .collect()
+            })
+            .collect();
+        LatencyTable {
+            format: LATENCY_FORMAT.into(),
+            device: "hand-made".into(),
+            network: LatencyNetwork::of(&shape()),
+            repeats: 1,
+            fixed_ns: 7,
+            cells,
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn a_one_op_network_is_priced_by_hand() {
+        let op = Primitive::MaxPool3x3;
+        let cell = CellGenotype {
+            edges: (0..4).flat_map(|_| [(op, 0), (op, 1)]).collect(),
+            concat: vec![2, 3, 4, 5],
+        };
+        let mut cfg = shape();
+        cfg.genotype = Genotype::uniform(cell.clone(), cell).unwrap();
+        // normal cells 0, 2, 4 at stride 1; reduction cells 1, 3 at stride 2 (all edges
+        // read s0 or s1); 8 edges per cell
+        let k = op.index() as u64;
+        let want = 7
+            + 8 * [(0, 1), (1, 2), (2, 1), (3, 2), (4, 1)]
+                .iter()
+                .map(|&(i, s)| 1000 * i + 10 * k + s)
+                .sum::<u64>();
+        assert_eq!(table().network_ns(&cfg).unwrap(), want);
+    }
+
+    #[test]
+    fn the_cost_table_prices_as_the_table_does() {
+        let lut = table();
+        let mut costs = CostTable::new(&shape(), &[]).unwrap();
+        costs.apply_latency(&shape(), &[], &lut).unwrap();
+        for seed in 1..20 {
+            let g = zoo::random(seed);
+            let mut cfg = shape();
+            cfg.genotype = g.clone();
+            assert_eq!(
+                costs.pair_cost(g.stage(0)).latency_ns,
+                lut.network_ns(&cfg).unwrap()
+            );
+        }
+        // a frozen first stage moves into the fixed part
+        let frozen: Vec<CellPair> = vec![zoo::random(99).stage(0).clone()];
+        let mut costs = CostTable::new(&shape(), &frozen).unwrap();
+        costs.apply_latency(&shape(), &frozen, &lut).unwrap();
+        let pair = zoo::random(5).stage(0).clone();
+        let mut cfg = shape();
+        cfg.genotype = Genotype::new(vec![frozen[0].clone(), pair.clone()]).unwrap();
+        assert_eq!(
+            costs.pair_cost(&pair).latency_ns,
+            lut.network_ns(&cfg).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_table_of_other_sizes_or_with_a_gap_is_refused() {
+        let lut = table();
+        let other = shape().with_channels(16);
+        let e = lut.network_ns(&other).unwrap_err();
+        assert!(e.to_string().contains("measured on C=8 L=5"), "{e}");
+        let mut gap = lut.clone();
+        gap.cells[3].remove("sep_conv_3x3");
+        let mut costs = CostTable::new(&shape(), &[]).unwrap();
+        let e = costs.apply_latency(&shape(), &[], &gap).unwrap_err();
+        assert_eq!(
+            e,
+            LatencyError::Missing {
+                cell: 3,
+                op: "sep_conv_3x3".into(),
+                // cell 3 is a reduction cell: its edges from s0 are priced first
+                stride: 2
+            }
+        );
+        let mut old = lut;
+        old.format = "splitnas-latency/0".into();
+        assert!(matches!(
+            old.check_network(&shape()),
+            Err(LatencyError::Format { .. })
+        ));
+    }
+}
