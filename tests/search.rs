@@ -1,6 +1,9 @@
 //! User journey: search a cell on real Fashion-MNIST, kill and resume, hand the genotype
 //! to `train`, bad flags.
 
+/// Budgeted searches (parameters, SRAM, latency).
+#[path = "search/budget.rs"]
+mod budget;
 mod common;
 
 use std::path::Path;
@@ -468,69 +471,6 @@ fn bad_search_flags_are_rejected_with_clear_messages() {
     let (ok, _, stderr) = splitnas(&args(out_s, &["--resume"]), &[]);
     assert!(!ok);
     assert!(stderr.contains("no checkpoint.json"), "{stderr}");
-}
-
-/// A budgeted search (parameters under DARTS_V2's 2642 at C=4 L=3 on 1x28x28, from
-/// `genotype show DARTS_V2 --cost`) resumes like the uninterrupted run, and every
-/// epoch's genotype meets the budget by `genotype show --cost`'s count; plain and
-/// progressive (where the finished stages' cells are part of the price).
-#[test]
-fn budgeted_search_stays_within_budget_and_resumes() {
-    let budget = [
-        "--max-params",
-        "2400",
-        "--eval-channels",
-        "4",
-        "--eval-layers",
-        "3",
-    ];
-    let progressive = ["--progressive", "3", "--train-limit", "128"];
-    for (extra, kill_after) in [(&[][..], 1), (&progressive[..], 2)] {
-        let mut flags = budget.to_vec();
-        flags.extend_from_slice(extra);
-        let (dir, records) = resume_reproduces(&flags, 3, kill_after);
-        within_budget(&dir, &records);
-    }
-}
-
-/// Every record's genotype costs at most 2400 parameters at C=4 L=3, the figure the
-/// record names; the last epoch ran at the final temperature, 0.05.
-fn within_budget(dir: &tempfile::TempDir, records: &[serde_json::Value]) {
-    let resumed = self::records(&dir.path().join("resumed"));
-    for (i, (m, r)) in records.iter().zip(&resumed).enumerate() {
-        assert_eq!(m["cost"], r["cost"], "epoch {}", i + 1);
-        let file = dir.path().join(format!("g{i}.txt"));
-        std::fs::write(&file, m["genotype"].as_str().unwrap()).unwrap();
-        let (ok, out, err) = splitnas(
-            &[
-                "genotype",
-                "show",
-                file.to_str().unwrap(),
-                "--cost",
-                "--channels",
-                "4",
-                "--layers",
-                "3",
-                "--image-size",
-                "28",
-                "--in-channels",
-                "1",
-            ],
-            &[],
-        );
-        assert!(ok, "{err}");
-        let line = out.lines().last().unwrap();
-        let params: u64 = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("params="))
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(params <= 2400, "epoch {}: {line}", i + 1);
-        assert_eq!(params, m["cost"]["derived"]["params"].as_u64().unwrap());
-    }
-    let last = &records[records.len() - 1]["cost"];
-    assert!((last["temperature"].as_f64().unwrap() - 0.05).abs() < 1e-12);
 }
 
 #[test]

@@ -223,11 +223,10 @@ mod tests {
         // normal cells 0, 2, 4 at stride 1; reduction cells 1, 3 at stride 2 (all edges
         // read s0 or s1); 8 edges per cell
         let k = op.index() as u64;
-        let want = 7
-            + 8 * [(0, 1), (1, 2), (2, 1), (3, 2), (4, 1)]
-                .iter()
-                .map(|&(i, s)| 1000 * i + 10 * k + s)
-                .sum::<u64>();
+        let want = 7 + 8 * [(0, 1), (1, 2), (2, 1), (3, 2), (4, 1)]
+            .iter()
+            .map(|&(i, s)| 1000 * i + 10 * k + s)
+            .sum::<u64>();
         assert_eq!(table().network_ns(&cfg).unwrap(), want);
     }
 

@@ -56,10 +56,32 @@ pub fn train(e: TrainError) -> anyhow::Error {
                 lens.join(", ")
             )
         }
-        TrainError::Budget(b) => format!(
-            "--max-{} {}: no cell meets it: the cheapest cell pair gives {} {} for the evaluation network of --eval-channels and --eval-layers",
-            b.resource, b.limit, b.cheapest, b.resource
-        ),
+        TrainError::Budget(b) => {
+            let ms = |ns: u64| format!("{:.3}", ns as f64 / 1e6);
+            let (flag, limit, cheapest, unit) = match b.resource {
+                "sram_bytes" => (
+                    "--max-sram".to_string(),
+                    b.limit.to_string(),
+                    b.cheapest.to_string(),
+                    "bytes of int8 plan arena (the least found)",
+                ),
+                "latency_ns" => (
+                    "--max-latency-ms".to_string(),
+                    ms(b.limit),
+                    ms(b.cheapest),
+                    "ms by --latency-table",
+                ),
+                r => (
+                    format!("--max-{r}"),
+                    b.limit.to_string(),
+                    b.cheapest.to_string(),
+                    r,
+                ),
+            };
+            format!(
+                "{flag} {limit}: no cell meets it: the cheapest cell pair gives {cheapest} {unit} for the evaluation network of --eval-channels and --eval-layers"
+            )
+        }
         TrainError::TooFewImages(n) => {
             format!("--train-limit: the search needs at least 2 training images (got {n})")
         }
