@@ -63,6 +63,9 @@ pub enum CliError {
     /// `--output` could not be written.
     #[error("--output")]
     Output(#[source] RuntimeError),
+    /// `--steps-out` could not be written, or the file runs on no engine with steps.
+    #[error("--steps-out")]
+    StepsOut(#[source] RuntimeError),
     /// Reading an input or running the model failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -167,9 +170,25 @@ pub struct BenchArgs {
     /// Timed runs after two warm-up runs.
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
+    /// Also write every step's time (one image, op after op, median of `--iters` runs)
+    /// to this JSON file: what `splitnas bench ops --from DIR` builds a latency table
+    /// from on a board.
+    #[arg(long, value_name = "FILE")]
+    pub steps_out: Option<PathBuf>,
     #[allow(missing_docs)] // clap would show a doc comment here as the flag group's help
     #[command(flatten)]
     pub device: DeviceArg,
+}
+
+/// The step times `bench --steps-out` writes.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StepTimes {
+    /// Where they were measured.
+    pub device: String,
+    /// Runs per step (the median kept).
+    pub repeats: usize,
+    /// `(ONNX node, seconds)` in plan order.
+    pub steps: Vec<(String, f64)>,
 }
 
 /// Loads `file` on `device`.
@@ -345,6 +364,30 @@ pub fn bench(a: &BenchArgs) -> Result<(), CliError> {
         "p50_ms={p50:.3} p90_ms={p90:.3} images_per_s={:.1}",
         batch as f64 / (p50 / 1e3)
     );
+    if let Some(out) = &a.steps_out {
+        let times = StepTimes {
+            device: format!(
+                "splitnas runtime, {} engine, {device}, one image, op after op on 1 thread, {} {}",
+                model.engine(),
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            ),
+            repeats: iters,
+            steps: model.step_times(iters).map_err(CliError::StepsOut)?,
+        };
+        let json = serde_json::to_string(&times).unwrap_or_default();
+        splitnas_host::fs::write_atomic(out, json.as_bytes()).map_err(|e| {
+            CliError::StepsOut(RuntimeError::Write {
+                path: e.path,
+                source: e.source,
+            })
+        })?;
+        println!(
+            "wrote {} step times to {}",
+            times.steps.len(),
+            out.display()
+        );
+    }
     Ok(())
 }
 

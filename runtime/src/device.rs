@@ -101,6 +101,12 @@ impl AnyModel {
         each!(self, m => m.genotype().map(str::to_string))
     }
 
+    /// Seconds of every step of the float engine, one image, op after op
+    /// ([`crate::Model::step_times`]).
+    pub fn step_times(&self, repeats: usize) -> Result<Vec<(String, f64)>, RuntimeError> {
+        each!(self, m => m.step_times(repeats))
+    }
+
     /// Run-time steps of the plan.
     pub fn steps(&self) -> usize {
         each!(self, m => m.steps())

@@ -9,6 +9,10 @@
 //! its ONNX node belongs to (`cellC/nodeJ/edgeE/...`, the export's names), and the rest
 //! (stem, preprocessing, additions, classifier) to `fixed_ns` (median over the networks).
 //! `--checks N` random cells are then timed whole against the table's prediction.
+//!
+//! On a board with only `splitnas-run`: `--emit DIR` writes those networks as ONNX files
+//! with a `manifest.json`; `splitnas-run bench F.onnx --steps-out F.steps.json` times each
+//! one there; `--from DIR` builds the table from the step files.
 
 use anyhow::{Context, Result};
 use burn::backend::Flex;
@@ -17,6 +21,7 @@ use clap::Args;
 use splitnas_export::{to_onnx_bytes, Metadata};
 use splitnas_models::latency::{LatencyCheck, LatencyNetwork, OpLatency, LATENCY_FORMAT};
 use splitnas_models::{zoo, CellGenotype, Genotype, LatencyTable, NetworkConfig, Primitive};
+use splitnas_runtime::cli::StepTimes;
 use splitnas_runtime::Model;
 use splitnas_search::data::DatasetKind;
 use std::collections::BTreeMap;
@@ -44,8 +49,63 @@ pub struct OpsArgs {
     #[arg(long, default_value_t = 3)]
     checks: usize,
     /// The table to write (JSON, atomically).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "emit")]
+    out: Option<PathBuf>,
+    /// Write the networks to time as ONNX files (and `manifest.json`) into DIR instead,
+    /// to time them on a board with `splitnas-run bench F.onnx --steps-out F.steps.json`.
+    #[arg(long, value_name = "DIR", conflicts_with = "from")]
+    emit: Option<PathBuf>,
+    /// Build the table from DIR's `manifest.json` and the `.steps.json` files timed on
+    /// the board (written by `--emit DIR` and `splitnas-run bench --steps-out`).
+    #[arg(long, value_name = "DIR")]
+    from: Option<PathBuf>,
+}
+
+/// What `--emit` writes: the sizes and, per file, its genotype.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    network: LatencyNetwork,
+    files: Vec<(String, String)>,
+}
+
+/// Where step times come from.
+enum Source {
+    /// Timed here, `repeats` runs.
+    Here(usize),
+    /// Written into the directory.
+    Emit(PathBuf, Vec<(String, String)>),
+    /// Read from `.steps.json` files of the directory (device, repeats seen).
+    From(PathBuf, Option<(String, usize)>),
+}
+
+impl Source {
+    /// Step times of network `name` (`None` when only emitting).
+    fn steps(&mut self, name: &str, cfg: &NetworkConfig) -> Result<Option<Vec<(String, f64)>>> {
+        match self {
+            Source::Here(repeats) => Ok(Some(time_steps(cfg, *repeats)?)),
+            Source::Emit(dir, files) => {
+                let file = format!("{name}.onnx");
+                splitnas_export::write_atomic(&dir.join(&file), &onnx(cfg)?)
+                    .with_context(|| format!("--emit {}", dir.display()))?;
+                files.push((file, cfg.genotype.to_darts()));
+                Ok(None)
+            }
+            Source::From(dir, seen) => {
+                let path = dir.join(format!("{name}.steps.json"));
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "--from: {} (time {name}.onnx with splitnas-run bench --steps-out)",
+                        path.display()
+                    )
+                })?;
+                let t: StepTimes = serde_json::from_str(&text).with_context(|| {
+                    format!("--from: {}: not a step-times file", path.display())
+                })?;
+                seen.get_or_insert((t.device, t.repeats));
+                Ok(Some(t.steps))
+            }
+        }
+    }
 }
 
 /// Step name -> (cell, node, edge) of a searched edge.
@@ -55,13 +115,17 @@ fn edge_of(name: &str) -> Option<(usize, usize, usize)> {
     Some((num("cell")?, num("node")?, num("edge")?))
 }
 
-/// Per-step seconds of `cfg`'s network (seeded weights) on the float engine.
-fn time_steps(cfg: &NetworkConfig, repeats: usize) -> Result<Vec<(String, f64)>> {
+/// The float ONNX file of `cfg`'s network with seeded weights.
+fn onnx(cfg: &NetworkConfig) -> Result<Vec<u8>> {
     let device = Default::default();
     Flex::seed(&device, 0);
     let net = cfg.init::<Flex>(&device)?;
-    let (_, bytes) = to_onnx_bytes(&net, cfg, &Metadata::untrained(cfg))?;
-    let model = Model::<Flex>::from_bytes(&bytes, &device)?;
+    Ok(to_onnx_bytes(&net, cfg, &Metadata::untrained(cfg))?.1)
+}
+
+/// Per-step seconds of `cfg`'s network (seeded weights) on the float engine.
+fn time_steps(cfg: &NetworkConfig, repeats: usize) -> Result<Vec<(String, f64)>> {
+    let model = Model::<Flex>::from_bytes(&onnx(cfg)?, &Default::default())?;
     Ok(model.step_times(repeats)?)
 }
 
@@ -98,15 +162,45 @@ pub fn ops(a: OpsArgs) -> Result<()> {
     shape
         .validate()
         .map_err(|e| super::errors::network(&e).unwrap_or_else(|| e.into()))?;
+    let mut checks = a.checks;
+    let mut source = match (&a.emit, &a.from) {
+        (Some(dir), _) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("--emit {}", dir.display()))?;
+            Source::Emit(dir.clone(), vec![])
+        }
+        (None, Some(dir)) => {
+            let path = dir.join("manifest.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--from: {}", path.display()))?;
+            let m: Manifest = serde_json::from_str(&text)
+                .with_context(|| format!("--from: {}: not a manifest", path.display()))?;
+            if m.network != LatencyNetwork::of(&shape) {
+                anyhow::bail!(
+                    "--from {}: the networks were emitted at {:?}, these flags give {:?}",
+                    dir.display(),
+                    m.network,
+                    LatencyNetwork::of(&shape)
+                );
+            }
+            // the checks that were emitted
+            checks = m.files.iter().filter(|f| f.0.starts_with("check-")).count();
+            Source::From(dir.clone(), None)
+        }
+        (None, None) => Source::Here(a.repeats),
+    };
     let sites = shape.cell_sites();
     // per cell, per op: stride-1 and stride-2 edge times (seconds)
     let mut edges: Vec<BTreeMap<&str, [Vec<f64>; 2]>> = vec![BTreeMap::new(); a.layers];
     let mut fixed = vec![];
     for &op in &Primitive::ALL[1..] {
-        for cell in placements(op) {
+        for (v, cell) in placements(op).into_iter().enumerate() {
             let mut cfg = shape.clone();
             cfg.genotype = Genotype::uniform(cell.clone(), cell.clone())?;
-            let steps = time_steps(&cfg, a.repeats)?;
+            let Some(steps) =
+                source.steps(&format!("{}-{}", op.name(), ["s0s1", "chain"][v]), &cfg)?
+            else {
+                continue;
+            };
             let mut per_edge: BTreeMap<(usize, usize, usize), f64> = BTreeMap::new();
             let mut rest = 0.0;
             for (name, s) in steps {
@@ -125,19 +219,54 @@ pub fn ops(a: OpsArgs) -> Result<()> {
             }
         }
     }
+    if matches!(source, Source::Emit(..)) {
+        for seed in 1..=a.checks as u64 {
+            let mut cfg = shape.clone();
+            cfg.genotype = zoo::random(seed);
+            source.steps(&format!("check-{seed}"), &cfg)?;
+        }
+        let Source::Emit(dir, files) = source else {
+            unreachable!()
+        };
+        let m = Manifest {
+            network: LatencyNetwork::of(&shape),
+            files,
+        };
+        let json = serde_json::to_string_pretty(&m)?;
+        splitnas_export::write_atomic(&dir.join("manifest.json"), json.as_bytes())?;
+        println!(
+            "wrote {} networks and manifest.json to {}; on the device: for f in {}/*.onnx; do splitnas-run bench \"$f\" --iters {} --steps-out \"${{f%.onnx}}.steps.json\"; done; then: splitnas bench ops --channels {} --layers {} --dataset {} --from {} --out lut.json",
+            m.files.len(),
+            dir.display(),
+            dir.display(),
+            a.repeats,
+            a.channels,
+            a.layers,
+            a.dataset,
+            dir.display()
+        );
+        return Ok(());
+    }
     fixed.sort_by(f64::total_cmp);
     let ns = |v: &[f64]| -> Option<u64> {
         (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64 * 1e9).round() as u64)
     };
+    let (device, repeats) = match &source {
+        Source::From(_, Some(seen)) => seen.clone(),
+        _ => (
+            format!(
+                "splitnas runtime, float engine, flex CPU backend, one image, op after op on 1 thread, {} {}",
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            ),
+            a.repeats,
+        ),
+    };
     let mut table = LatencyTable {
         format: LATENCY_FORMAT.into(),
-        device: format!(
-            "splitnas runtime, float engine, flex CPU backend, one image, op after op on 1 thread, {} {}",
-            std::env::consts::ARCH,
-            std::env::consts::OS
-        ),
+        device,
         network: LatencyNetwork::of(&shape),
-        repeats: a.repeats,
+        repeats,
         fixed_ns: ns(&fixed[fixed.len() / 2..=fixed.len() / 2]).unwrap_or(0),
         cells: edges
             .iter()
@@ -156,10 +285,13 @@ pub fn ops(a: OpsArgs) -> Result<()> {
         checks: vec![],
     };
     let mut worst: f64 = 0.0;
-    for seed in 1..=a.checks as u64 {
+    for seed in 1..=checks as u64 {
         let mut cfg = shape.clone();
         cfg.genotype = zoo::random(seed);
-        let measured: f64 = time_steps(&cfg, a.repeats)?.iter().map(|s| s.1).sum();
+        let Some(steps) = source.steps(&format!("check-{seed}"), &cfg)? else {
+            continue;
+        };
+        let measured: f64 = steps.iter().map(|s| s.1).sum();
         let predicted = table.network_ns(&cfg)?;
         let measured = (measured * 1e9).round() as u64;
         let err = predicted as f64 / measured.max(1) as f64 - 1.0;
@@ -176,12 +308,13 @@ pub fn ops(a: OpsArgs) -> Result<()> {
             measured_ns: measured,
         });
     }
+    let out = a.out.as_deref().context("--out is needed")?;
     let json = serde_json::to_string_pretty(&table)?;
-    splitnas_export::write_atomic(&a.out, json.as_bytes())
-        .with_context(|| format!("--out {}", a.out.display()))?;
+    splitnas_export::write_atomic(out, json.as_bytes())
+        .with_context(|| format!("--out {}", out.display()))?;
     println!(
         "wrote {}: C={} L={} {}x{}x{}, {} ops x {} cells, fixed {:.3} ms",
-        a.out.display(),
+        out.display(),
         a.channels,
         a.layers,
         in_channels,
@@ -193,7 +326,7 @@ pub fn ops(a: OpsArgs) -> Result<()> {
     );
     println!(
         "latency_table={} fixed_ms={:.3} checks={} max_check_error_pct={:.1}",
-        a.out.display(),
+        out.display(),
         table.fixed_ns as f64 / 1e6,
         table.checks.len(),
         100.0 * worst

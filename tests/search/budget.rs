@@ -305,3 +305,63 @@ fn bad_sram_and_latency_budgets_are_refused() {
     );
     assert!(!ok && err.contains("--layers"), "{err}");
 }
+
+/// The board path: `bench ops --emit` writes the networks, `bench run --steps-out` (the
+/// code `splitnas-run bench` runs) times each, `bench ops --from` builds the table from
+/// those files alone; a directory emitted for other sizes is refused.
+#[test]
+fn a_latency_table_from_step_files_timed_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let em = dir.path().join("em");
+    let em_s = em.to_str().unwrap();
+    let sizes = ["--channels", "4", "--layers", "3"];
+    let mut emit = vec!["bench", "ops", "--checks", "1", "--emit", em_s];
+    emit.extend_from_slice(&sizes);
+    let (ok, out, err) = splitnas(&emit, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote 15 networks"), "{out}");
+    for entry in std::fs::read_dir(&em).unwrap() {
+        let f = entry.unwrap().path();
+        if f.extension().is_some_and(|e| e == "onnx") {
+            let steps = f.with_extension("steps.json");
+            let (ok, _, err) = splitnas(
+                &[
+                    "bench",
+                    "run",
+                    f.to_str().unwrap(),
+                    "--iters",
+                    "2",
+                    "--steps-out",
+                    steps.to_str().unwrap(),
+                ],
+                &[],
+            );
+            assert!(ok, "{err}");
+        }
+    }
+    let lut = dir.path().join("lut.json");
+    let mut from = vec![
+        "bench",
+        "ops",
+        "--from",
+        em_s,
+        "--out",
+        lut.to_str().unwrap(),
+    ];
+    from.extend_from_slice(&sizes);
+    let (ok, out, err) = splitnas(&from, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("checks=1"), "{out}");
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lut).unwrap()).unwrap();
+    assert_eq!(t["repeats"], 2);
+    assert_eq!(t["cells"].as_array().unwrap().len(), 3);
+    for cell in t["cells"].as_array().unwrap() {
+        assert!(cell["dil_conv_5x5"]["stride1_ns"].as_u64().unwrap() > 0);
+    }
+    let mut other = from.clone();
+    let at = other.len() - 3;
+    other[at] = "8";
+    let (ok, _, err) = splitnas(&other, &[]);
+    assert!(!ok && err.contains("were emitted at"), "{err}");
+}
