@@ -5,8 +5,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use splitnas_models::LatencyTable;
 use splitnas_search::budget::{Budget, BudgetSpec, SramOracle, DEFAULT_TEMPERATURE};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A latency table file, its problems named with the path.
 pub fn read_latency_table(path: &Path) -> Result<LatencyTable> {
@@ -18,11 +19,32 @@ pub fn read_latency_table(path: &Path) -> Result<LatencyTable> {
 
 /// The arena of a network's int8 microcontroller plan, for SRAM budgets: the plan
 /// `splitnas compile` makes (from seeded weights; the arena depends on shapes alone).
+/// Each network is planned once (the search's feasibility check and its first stage fit
+/// the same 31 pairs).
 pub fn sram_oracle() -> SramOracle {
-    SramOracle(Arc::new(|cfg| {
-        splitnas_export::plan::network_plan(cfg)
+    let known: Mutex<HashMap<String, u64>> = Mutex::default();
+    SramOracle(Arc::new(move |cfg| {
+        let key = format!(
+            "{} C={} L={} {}x{} {} classes identity={}",
+            cfg.genotype.to_darts(),
+            cfg.channels,
+            cfg.layers,
+            cfg.in_channels,
+            cfg.image_size,
+            cfg.classes,
+            cfg.identity
+        );
+        if let Some(&a) = known.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(a);
+        }
+        let a = splitnas_export::plan::network_plan(cfg)
             .map(|plan| plan.sram_peak as u64)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, a);
+        Ok(a)
     }))
 }
 
