@@ -83,6 +83,30 @@ fn show_cost(dir: &Path, genotype: &str) -> (u64, u64) {
     (get("params="), get("sram_bytes="))
 }
 
+/// `bench ops` of the C=4 L=3 network into `lut`; its output.
+fn bench_ops(lut: &Path, repeats: usize, checks: usize) -> String {
+    let (r, c) = (repeats.to_string(), checks.to_string());
+    let (ok, out, err) = splitnas(
+        &[
+            "bench",
+            "ops",
+            "--channels",
+            "4",
+            "--layers",
+            "3",
+            "--repeats",
+            &r,
+            "--checks",
+            &c,
+            "--out",
+            lut.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{out}\n{err}");
+    out
+}
+
 /// `bench ops` writes a latency table of the C=4 L=3 network; a search within an SRAM
 /// budget (DARTS_V2's arena, from `genotype show --cost`) and a latency budget (the
 /// table's prediction for a random cell, so some cell meets it) derives, every epoch, a
@@ -93,24 +117,7 @@ fn sram_and_latency_budgets_hold_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let lut = dir.path().join("lut.json");
     let lut_s = lut.to_str().unwrap();
-    let (ok, out, err) = splitnas(
-        &[
-            "bench",
-            "ops",
-            "--channels",
-            "4",
-            "--layers",
-            "3",
-            "--repeats",
-            "3",
-            "--checks",
-            "1",
-            "--out",
-            lut_s,
-        ],
-        &[],
-    );
-    assert!(ok, "{out}\n{err}");
+    let out = bench_ops(&lut, 3, 1);
     assert!(out.contains("latency_table="), "{out}");
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&lut).unwrap()).unwrap();
@@ -198,24 +205,7 @@ fn bad_sram_and_latency_budgets_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let lut = dir.path().join("lut.json");
     let lut_s = lut.to_str().unwrap();
-    let (ok, _, err) = splitnas(
-        &[
-            "bench",
-            "ops",
-            "--channels",
-            "4",
-            "--layers",
-            "3",
-            "--repeats",
-            "1",
-            "--checks",
-            "0",
-            "--out",
-            lut_s,
-        ],
-        &[],
-    );
-    assert!(ok, "{err}");
+    bench_ops(&lut, 1, 0);
     let out = dir.path().join("s");
     let out_s = out.to_str().unwrap();
     let eval = ["--eval-channels", "4", "--eval-layers", "3"];
