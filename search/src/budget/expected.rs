@@ -14,10 +14,22 @@ use splitnas_models::{Cost, CostTable};
 pub struct CostTerm<B: Backend> {
     /// Per resource: the fixed part and, per cell type, `[14, 7]` op costs (ops 1..8),
     /// both divided by `scale`.
-    parts: Vec<(Resource, f64, [Tensor<B, 2>; 2], f64)>,
+    parts: Vec<Part<B>>,
     budget: Budget,
     weight: f64,
     aim: bool,
+}
+
+/// One resource's costs, divided by `scale` (its limit, else 1).
+#[derive(Clone, Debug)]
+struct Part<B: Backend> {
+    resource: Resource,
+    fixed: f64,
+    coef: [Tensor<B, 2>; 2],
+    scale: f64,
+    /// The expected cost of the uniform architecture (every edge the mean of its ops,
+    /// every node's edges an equal share of its 2 kept ones) less the fixed part.
+    uniform: f64,
 }
 
 /// Expected cost of every resource, in its units.
@@ -33,17 +45,27 @@ impl<B: Backend> CostTerm<B> {
             .map(|&r| {
                 // costs relative to the limit (the penalty's units), raw otherwise
                 let scale = budget.limit(r).map_or(1.0, |l| l.max(1) as f64);
+                let mut uniform = 0.0;
                 let coef = std::array::from_fn(|t| {
                     let mut v = Vec::with_capacity(EDGES * (OPS - 1));
                     for node in 0..NODES {
+                        let share = 2.0 / node_edges(node).len().max(2) as f64;
                         for input in node_edges(node).map(|e| e - node_edges(node).start) {
                             let ops: &[Cost; 8] = &table.edges[t][node][input];
-                            v.extend(ops[1..].iter().map(|c| (r.of(c) as f64 / scale) as f32));
+                            let rel = ops[1..].iter().map(|c| r.of(c) as f64 / scale);
+                            uniform += share * rel.clone().sum::<f64>() / (OPS - 1) as f64;
+                            v.extend(rel.map(|x| x as f32));
                         }
                     }
                     Tensor::from_data(TensorData::new(v, [EDGES, OPS - 1]), device)
                 });
-                (r, r.of(&table.fixed) as f64 / scale, coef, scale)
+                Part {
+                    resource: r,
+                    fixed: r.of(&table.fixed) as f64 / scale,
+                    coef,
+                    scale,
+                    uniform,
+                }
             })
             .collect();
         CostTerm {
@@ -54,8 +76,9 @@ impl<B: Backend> CostTerm<B> {
         }
     }
 
-    /// `aim`: the penalty is `|expected / limit - 1|`, a target at the limit (MnasNet's
-    /// soft target), rather than the excess alone.
+    /// `aim`: below the limit the penalty also pushes back, once the expected cost falls
+    /// under the lesser of the limit and the uniform architecture's expected cost (see
+    /// [`Self::penalty`]); otherwise it is the excess alone.
     pub fn aiming(mut self, aim: bool) -> Self {
         self.aim = aim;
         self
@@ -92,21 +115,24 @@ impl<B: Backend> CostTerm<B> {
             .collect();
         self.parts
             .iter()
-            .map(|(r, fixed, coef, scale)| {
-                let moved: f64 = shift.iter().filter(|s| s.0 == *r).map(|s| s.1).sum();
-                let fixed = fixed + moved / scale;
-                let mut total = Tensor::<B, 1>::from_floats([fixed as f32], &coef[0].device());
-                for ((kept, q), coef) in per_cell.iter().zip(coef) {
+            .map(|p| {
+                let fixed = p.fixed + moved(shift, p.resource) / p.scale;
+                let mut total = Tensor::<B, 1>::from_floats([fixed as f32], &p.coef[0].device());
+                for ((kept, q), coef) in per_cell.iter().zip(&p.coef) {
                     let edge_cost = q.clone().mul(coef.clone()).sum_dim(1).reshape([EDGES]);
                     total = total.add(kept.clone().mul(edge_cost).sum());
                 }
-                (*r, total)
+                (p.resource, total)
             })
             .collect()
     }
 
-    /// `weight * sum over the budget's resources of relu(expected / limit - 1)` (or
-    /// `|expected / limit - 1|` when aiming) at temperature `tau`, `[1]`.
+    /// `weight * sum over the budget's resources r` of `relu(E_r / B_r - 1)` at
+    /// temperature `tau`, `[1]`; when aiming, plus `relu(floor_r - E_r / B_r)` with
+    /// `floor_r = min(1, U_r / B_r)`, `U_r` the uniform architecture's expected cost: the
+    /// push back from below counters the drift to parameter-free ops that a tight budget's
+    /// pressure starts, and never drives a loose budget's cell above the uniform mixture
+    /// (aiming at a loose limit filled every edge with its largest op).
     pub fn penalty(&self, arch: &ArchParams<B>, edge_norm: bool, tau: f64) -> Tensor<B, 1> {
         self.penalty_shifted(arch, edge_norm, tau, &[])
     }
@@ -120,14 +146,13 @@ impl<B: Backend> CostTerm<B> {
         shift: &[(Resource, f64)],
     ) -> Tensor<B, 1> {
         let mut total: Option<Tensor<B, 1>> = None;
-        for (r, rel) in self.relative(arch, edge_norm, tau, shift) {
+        for ((r, rel), p) in self.relative(arch, edge_norm, tau, shift).into_iter().zip(&self.parts) {
             if self.budget.limit(r).is_some() {
-                let off = rel.sub_scalar(1.0);
-                let excess = if self.aim {
-                    off.abs()
-                } else {
-                    off.clamp_min(0.0)
-                };
+                let mut excess = rel.clone().sub_scalar(1.0).clamp_min(0.0);
+                if self.aim {
+                    let floor = self.floor(p, shift);
+                    excess = excess.add(rel.neg().add_scalar(floor).clamp_min(0.0));
+                }
                 total = Some(match total {
                     Some(t) => t.add(excess),
                     None => excess,
@@ -136,8 +161,22 @@ impl<B: Backend> CostTerm<B> {
         }
         match total {
             Some(t) => t.mul_scalar(self.weight),
-            None => Tensor::zeros([1], &self.parts[0].2[0].device()),
+            None => Tensor::zeros([1], &self.parts[0].coef[0].device()),
         }
+    }
+
+    /// `min(1, U / B)` of `p` (relative units), its fixed part moved by `shift`.
+    fn floor(&self, p: &Part<B>, shift: &[(Resource, f64)]) -> f64 {
+        let fixed = p.fixed + moved(shift, p.resource) / p.scale;
+        (fixed + p.uniform).min(1.0)
+    }
+
+    /// The uniform architecture's expected cost of every resource, in its units.
+    pub fn uniform(&self) -> Expected {
+        self.parts
+            .iter()
+            .map(|p| (p.resource, (p.fixed + p.uniform) * p.scale))
+            .collect()
     }
 
     /// The expected cost of every resource at temperature `tau`, in its units
@@ -157,9 +196,14 @@ impl<B: Backend> CostTerm<B> {
         self.relative(arch, edge_norm, tau, shift)
             .into_iter()
             .zip(&self.parts)
-            .map(|((r, t), part)| (r, t.into_scalar().elem::<f64>() * part.3))
+            .map(|((r, t), part)| (r, t.into_scalar().elem::<f64>() * part.scale))
             .collect()
     }
+}
+
+/// The move of `r`'s fixed part in `shift`, in its units.
+fn moved(shift: &[(Resource, f64)], r: Resource) -> f64 {
+    shift.iter().filter(|s| s.0 == r).map(|s| s.1).sum()
 }
 
 /// The share of every edge in its node's 2 kept edges, `[14]`, from the edges'

@@ -317,3 +317,44 @@ fn at_a_low_temperature_the_expected_cost_is_the_derived_cost() {
         }
     }
 }
+
+#[test]
+fn aiming_pushes_back_below_the_lesser_of_the_limit_and_the_uniform_cost() {
+    let table = table();
+    let dev = Default::default();
+    let r = Resource::Params;
+    let zeros = vec![0.0; EDGES * OPS];
+    let uniform = arch([zeros.clone(), zeros], [vec![0.0; EDGES], vec![0.0; EDGES]]);
+    // every edge max_pool_3x3 (no parameters), logits 30: softmax within e^-30
+    let mut pool = vec![0.0; EDGES * OPS];
+    for e in 0..EDGES {
+        pool[e * OPS + splitnas_models::Primitive::MaxPool3x3.index()] = 30.0;
+    }
+    let cheap = arch([pool.clone(), pool], [vec![0.0; EDGES], vec![0.0; EDGES]]);
+    let free = CostTerm::<B>::new(&table, &Budget::default(), 1.0, &dev);
+    let (u, c) = (expected_of(&free, &uniform, r), expected_of(&free, &cheap, r));
+    // the uniform architecture's cost from the table (f64 sums) is its expected cost
+    let from_table = free.uniform().into_iter().find(|x| x.0 == r).unwrap().1;
+    assert!((from_table - u).abs() <= 1e-5 * u, "{from_table} vs {u}");
+    assert!(c < 0.8 * u, "pooling everywhere {c} vs uniform {u}");
+    let penalty = |limit: f64, aim: bool, a: &ArchParams<B>| {
+        let budget = Budget {
+            max_params: Some(limit as u64),
+            ..Default::default()
+        };
+        let t = CostTerm::<B>::new(&table, &budget, 2.0, &dev).aiming(aim);
+        t.penalty(a, true, 1.0).into_scalar() as f64
+    };
+    // hand values, weight 2; f32 sums: 1e-4
+    let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    // a tight limit (below the uniform cost): aims at the limit from both sides
+    let tight = ((u + c) / 2.0).floor();
+    close(penalty(tight, true, &uniform), 2.0 * (u / tight - 1.0));
+    close(penalty(tight, true, &cheap), 2.0 * (1.0 - c / tight));
+    close(penalty(tight, false, &cheap), 0.0);
+    // a loose limit: no push towards it, only back up to the uniform cost
+    let loose = (2.0 * u).floor();
+    close(penalty(loose, true, &uniform), 0.0);
+    close(penalty(loose, true, &cheap), 2.0 * (u - c) / loose);
+    close(penalty(loose, false, &cheap), 0.0);
+}
