@@ -86,8 +86,9 @@ pub struct BudgetArgs {
     /// from 1, so the expected cost ends close to the derived genotype's.
     #[arg(long, default_value_t = DEFAULT_TEMPERATURE)]
     pub cost_temperature: f64,
-    /// Penalize only an expected cost over the budget (by default the penalty aims at the
-    /// budget from both sides, countering the drift to parameter-free operations).
+    /// Penalize only an expected cost over the budget (by default the penalty also pushes
+    /// back below the lesser of the budget and the uniform architecture's expected cost,
+    /// countering the drift to parameter-free operations).
     #[arg(long)]
     pub cost_hinge: bool,
 }

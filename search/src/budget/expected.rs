@@ -132,7 +132,7 @@ impl<B: Backend> CostTerm<B> {
     /// `floor_r = min(1, U_r / B_r)`, `U_r` the uniform architecture's expected cost: the
     /// push back from below counters the drift to parameter-free ops that a tight budget's
     /// pressure starts, and never drives a loose budget's cell above the uniform mixture
-    /// (aiming at a loose limit filled every edge with its largest op).
+    /// (aiming at a loose limit filled every edge with dil_conv_5x5).
     pub fn penalty(&self, arch: &ArchParams<B>, edge_norm: bool, tau: f64) -> Tensor<B, 1> {
         self.penalty_shifted(arch, edge_norm, tau, &[])
     }
@@ -146,7 +146,11 @@ impl<B: Backend> CostTerm<B> {
         shift: &[(Resource, f64)],
     ) -> Tensor<B, 1> {
         let mut total: Option<Tensor<B, 1>> = None;
-        for ((r, rel), p) in self.relative(arch, edge_norm, tau, shift).into_iter().zip(&self.parts) {
+        for ((r, rel), p) in self
+            .relative(arch, edge_norm, tau, shift)
+            .into_iter()
+            .zip(&self.parts)
+        {
             if self.budget.limit(r).is_some() {
                 let mut excess = rel.clone().sub_scalar(1.0).clamp_min(0.0);
                 if self.aim {

@@ -31,8 +31,9 @@ pub struct BudgetSpec {
     /// Temperature of the expected cost at the last search epoch (from 1, geometric).
     #[serde(default = "default_temperature")]
     pub temperature: f64,
-    /// Penalize only the excess over the limits; otherwise the penalty aims at them
-    /// (`|expected / limit - 1|`), countering the drift to parameter-free ops.
+    /// Penalize only the excess over the limits; otherwise the penalty also pushes back
+    /// below the lesser of each limit and the uniform architecture's expected cost,
+    /// countering the drift to parameter-free ops ([`super::CostTerm::penalty`]).
     #[serde(default)]
     pub hinge: bool,
     /// The latency table the latency limit is priced with (`--latency-table`), kept

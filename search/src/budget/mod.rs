@@ -20,9 +20,12 @@
 //! make. It depends on alphas and betas alone.
 //!
 //! **Penalty.** The architecture loss gains `weight * sum_r relu(E_r / B_r - 1)` over the
-//! budgets `r`: nothing while the expected cost is within budget, a push towards cheaper
-//! choices for every budget exceeded (a hinge, like ProxylessNAS's and FBNet's resource
-//! losses, as a soft constraint).
+//! budgets `r`: a push towards cheaper choices for every budget exceeded (a hinge, like
+//! ProxylessNAS's and FBNet's resource losses, as a soft constraint). Unless the hinge
+//! alone is asked for, plus `relu(min(1, U_r / B_r) - E_r / B_r)`, `U_r` the uniform
+//! architecture's expected cost: a tight budget is aimed at from both sides (the pressure
+//! down would carry on to parameter-free ops), a loose one only keeps the cell from
+//! drifting below the uniform mixture.
 //!
 //! **Constrained derivation.** DARTS' derivation (per node the 2 strongest edges, each
 //! with its best op) is kept when it meets every budget. Otherwise each node's choice

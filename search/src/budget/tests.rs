@@ -332,7 +332,10 @@ fn aiming_pushes_back_below_the_lesser_of_the_limit_and_the_uniform_cost() {
     }
     let cheap = arch([pool.clone(), pool], [vec![0.0; EDGES], vec![0.0; EDGES]]);
     let free = CostTerm::<B>::new(&table, &Budget::default(), 1.0, &dev);
-    let (u, c) = (expected_of(&free, &uniform, r), expected_of(&free, &cheap, r));
+    let (u, c) = (
+        expected_of(&free, &uniform, r),
+        expected_of(&free, &cheap, r),
+    );
     // the uniform architecture's cost from the table (f64 sums) is its expected cost
     let from_table = free.uniform().into_iter().find(|x| x.0 == r).unwrap().1;
     assert!((from_table - u).abs() <= 1e-5 * u, "{from_table} vs {u}");
