@@ -211,7 +211,7 @@ mod tests {
     //! non-additive one it can only approximate), and the derivation against the arena
     //! itself: never a pair whose arena exceeds the budget.
     use super::*;
-    use crate::budget::{Budget, BudgetSpec, Guard, Resource};
+    use crate::budget::{Budget, BudgetSpec, Guard};
     use crate::error::TrainError;
     use crate::supernet::{CellWeights, SupernetConfig, EDGES, OPS};
     use rand::rngs::StdRng;
