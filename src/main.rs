@@ -9,6 +9,7 @@ mod cmd;
 use cmd::args::UnknownValue;
 use cmd::{
     bench, compare, compile, export, genotype, plot, quantize, quickstart, run, search, train,
+    workers,
 };
 use splitnas_runtime::cli::{report, UnknownDevice};
 
@@ -58,6 +59,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Render a run's curves (and a search run's op-weight evolution) as SVG and PNG.
     Plot(plot::PlotArgs),
+    /// Run the coordinator of a search on several machines (`search --nodes M
+    /// --coordinator HOST:PORT`).
+    Coordinator(workers::CoordinatorArgs),
 }
 
 /// `mi_option_purge_delay` (the same index in mimalloc v2 and v3 headers).
@@ -119,5 +123,6 @@ fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
         Some(Command::Quickstart(a)) => quickstart::run(a),
         Some(Command::Compare(a)) => compare::run(a),
         Some(Command::Plot(a)) => plot::run(a),
+        Some(Command::Coordinator(a)) => workers::coordinator(a),
     }
 }

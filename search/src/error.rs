@@ -171,6 +171,9 @@ pub enum TrainError {
     /// Resuming a directory without a checkpoint.
     #[error("{0} has no checkpoint.json to resume from")]
     NothingToResume(PathBuf),
+    /// A data-parallel worker could not join, reduce or leave.
+    #[error("data-parallel: {0}")]
+    Parallel(String),
     /// The microcontroller plan an SRAM budget is priced with could not be made.
     #[error("--max-sram: {0}")]
     Sram(String),

@@ -17,6 +17,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod mixed_op;
+pub mod parallel;
 pub mod plot;
 pub mod search;
 pub mod sru;

@@ -17,3 +17,4 @@ pub mod run;
 pub mod search;
 pub mod testset;
 pub mod train;
+pub mod workers;

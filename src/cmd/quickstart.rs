@@ -167,6 +167,7 @@ pub fn run(q: QuickstartArgs) -> Result<()> {
         &SearchOptions {
             budget: None,
             sram_oracle: None,
+            workers: None,
             dataset: DatasetKind::FashionMnist,
             data: DataOptions {
                 train_limit: Some(q.search_images),

@@ -3,6 +3,7 @@
 use super::args::{DataArgs, DeviceArg, MethodArgs, RunDirArgs, SeedArg};
 use super::budget::BudgetArgs;
 use super::errors;
+use super::workers::WorkerArgs;
 use anyhow::Result;
 use clap::Args;
 use splitnas_search::data::DataOptions;
@@ -62,9 +63,15 @@ pub struct SearchArgs {
     run_dir: RunDirArgs,
     #[command(flatten)]
     budget: BudgetArgs,
+    #[command(flatten)]
+    workers: WorkerArgs,
 }
 
 pub fn run(a: SearchArgs) -> Result<()> {
+    if a.workers.launches() {
+        return a.workers.launch(a.device.device);
+    }
+    let workers = a.workers.workers()?;
     let seed = a.seed.seed;
     let supernet = SupernetConfig::new()
         .with_channels(a.channels)
@@ -97,6 +104,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
         progress: true,
         budget: a.budget.spec()?,
         sram_oracle: Some(super::budget::sram_oracle()),
+        workers,
     };
     let s = search(a.device.open()?, &opts).map_err(errors::train)?;
     println!("final genotype = {}", s.genotype.to_darts());

@@ -13,6 +13,7 @@
 
 mod metrics;
 mod options;
+mod step;
 
 pub use metrics::{AlphasFile, Entropy, EpochWeights, SearchMetrics};
 
@@ -20,22 +21,21 @@ pub use options::{
     check_options, read_search_config, stage_epochs, SearchConfig, SearchOptions, SearchRecipe,
 };
 
-use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
 use crate::budget::Guard;
 use crate::checkpoint::{self, write_atomic};
 use crate::data::{self, Augment, DataOptions, Dataset, DatasetKind, ImageSet};
 use crate::device::{host_rss, kind_of, memory, mib, seeded, DeviceKind};
 use crate::error::TrainError;
+use crate::parallel::{Parallel, Workers};
 use crate::steps::{
-    argmax_correct, batch_tensors, clip_grad_norm, cosine_lr, cross_entropy, epoch_seed,
-    progress_bar, scalar,
+    argmax_correct, batch_tensors, cosine_lr, cross_entropy, epoch_seed, progress_bar, scalar,
 };
 use crate::supernet::Supernet;
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, Optimizer, SgdConfig};
+use burn::optim::{AdamConfig, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -124,6 +124,11 @@ pub fn search_on<B: AutodiffBackend>(
 ) -> Result<SearchSummary, TrainError> {
     let _turn = crate::exclusive_run();
     let out = &opts.out;
+    // with several workers, rank 0 writes the run's files; the others only compute
+    let writer = match &opts.workers {
+        Some(Workers::Join { rank, .. }) => *rank == 0,
+        _ => true,
+    };
     let state = checkpoint::read_state::<SearchMetrics>(out)?;
     let (cfg, dataset) = match (&state, opts.resume) {
         (Some(s), false) => {
@@ -172,12 +177,14 @@ pub fn search_on<B: AutodiffBackend>(
             if let Some(b) = &cfg.budget {
                 b.table(&cfg.supernet, &[], opts.sram_oracle.as_ref())?;
             }
-            std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
-                path: out.clone(),
-                source,
-            })?;
-            let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
-            write_atomic(&out.join("config.json"), text.as_bytes())?;
+            if writer {
+                std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
+                    path: out.clone(),
+                    source,
+                })?;
+                let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+                write_atomic(&out.join("config.json"), text.as_bytes())?;
+            }
             (cfg, data)
         }
     };
@@ -208,6 +215,11 @@ pub fn search_on<B: AutodiffBackend>(
             }
         }
     }
+    // every worker joins before the first step (and starts from the same seeded weights)
+    let par = match &opts.workers {
+        Some(w) => w.start::<B>(device)?,
+        None => Parallel::single(),
+    };
     let mut net: Supernet<B> = seeded(
         device,
         r.seed,
@@ -315,9 +327,12 @@ pub fn search_on<B: AutodiffBackend>(
         steps
     );
     let augment = Augment::standard(dataset.kind, dataset.train.side, 0);
-    let abort_after: Option<usize> = std::env::var("SPLITNAS_ABORT_AFTER_EPOCH")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let env = |name: &str| -> Option<usize> { std::env::var(name).ok()?.parse().ok() };
+    // test hooks: a kill after an epoch's checkpoint (of one worker when a rank is given)
+    let (abort_after, abort_rank) = (
+        env("SPLITNAS_ABORT_AFTER_EPOCH"),
+        env("SPLITNAS_ABORT_WORKER"),
+    );
     for epoch in start_epoch..r.epochs {
         let t0 = Instant::now();
         let stage = stage_of(epoch);
@@ -382,46 +397,51 @@ pub fn search_on<B: AutodiffBackend>(
                 &mut rng,
                 device,
             );
-            if search_arch {
-                let valid = batch_tensors::<B>(
+            let valid = search_arch.then(|| {
+                batch_tensors::<B>(
                     &dataset.train,
                     a_idx,
                     (&cfg.mean, &cfg.std),
                     Some(&augment),
                     &mut rng,
                     device,
-                );
-                let (grads, _) = match r.order {
-                    Order::First => arch_grads_first(&net, valid, &mut sel_rng),
-                    Order::Second => {
-                        arch_grads_second(&net, &w_optim, lr, train.clone(), valid, &mut sel_rng)
-                    }
-                };
-                let grads = match &guard {
-                    Some(g) => g.add_penalty(&net, grads),
-                    None => grads,
-                };
-                net = a_optim.step(r.arch_lr, net, grads);
-            }
-            let (mut grads, loss, logits) = weight_grads(&net, train, &mut sel_rng);
-            let loss_v = scalar(loss.inner());
-            if !loss_v.is_finite() {
+                )
+            });
+            let labels: Vec<usize> = w_idx.iter().map(|&i| dataset.train.labels[i]).collect();
+            let settings = step::Settings {
+                recipe: &r,
+                lr,
+                search_arch,
+                guard: &guard,
+                classes: cfg.classes.len(),
+            };
+            let (stepped, seen_now) = step::iteration(
+                &par,
+                &settings,
+                net,
+                &mut w_optim,
+                &mut a_optim,
+                train,
+                valid,
+                &labels,
+                &mut sel_rng,
+                epoch_seed(seed, b),
+            )?;
+            net = stepped;
+            let Some(now) = seen_now else { continue };
+            if !now.loss_sum.is_finite() {
                 bar.abandon();
                 return Err(TrainError::NonFinite {
-                    value: loss_v,
+                    value: (now.loss_sum / now.images.max(1) as f64) as f32,
                     epoch: epoch + 1,
                     batch: b + 1,
                     last_good: epoch,
                     dir: out.clone(),
                 });
             }
-            clip_grad_norm(&net.weights, &mut grads, r.grad_clip);
-            net = w_optim.step(lr, net, grads);
-            let l: Vec<f32> = logits.inner().into_data().iter::<f32>().collect();
-            let labels: Vec<usize> = w_idx.iter().map(|&i| dataset.train.labels[i]).collect();
-            correct += argmax_correct(&l, &labels, cfg.classes.len());
-            loss_sum += loss_v as f64 * w_idx.len() as f64;
-            seen += w_idx.len();
+            correct += now.correct;
+            loss_sum += now.loss_sum;
+            seen += now.images;
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.4} acc {:.3}",
@@ -431,8 +451,11 @@ pub fn search_on<B: AutodiffBackend>(
         }
         bar.finish_and_clear();
         let valid_net = net.valid();
-        let (valid_loss, valid_acc) =
-            evaluate(&valid_net, &dataset.train, &arch_half, &cfg, device);
+        let (valid_loss, valid_acc) = if writer {
+            evaluate(&valid_net, &dataset.train, &arch_half, &cfg, device)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
         let edge_norm = valid_net.weights.edge_norm;
         let normal = valid_net.arch.cell_weights(false, edge_norm);
         let reduce = valid_net.arch.cell_weights(true, edge_norm);
@@ -497,7 +520,6 @@ pub fn search_on<B: AutodiffBackend>(
             );
         }
         metrics.push(m);
-        write_atomic(&out.join("genotype.json"), genotype.to_json().as_bytes())?;
         let alphas = AlphasFile {
             epoch: epoch + 1,
             primitives: splitnas_models::Primitive::ALL
@@ -508,27 +530,27 @@ pub fn search_on<B: AutodiffBackend>(
             reduce,
             stage: stage_label,
         };
-        write_atomic(
-            &out.join("alphas.json"),
-            serde_json::to_string_pretty(&alphas)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
-        checkpoint::save_search_epoch::<B, _, _, _, _>(
-            out,
-            epoch + 1,
-            &net,
-            &w_optim,
-            &a_optim,
-            &metrics,
-        )?;
-        if abort_after == Some(epoch + 1) {
+        if writer {
+            write_atomic(&out.join("genotype.json"), genotype.to_json().as_bytes())?;
+            let text = serde_json::to_string_pretty(&alphas).unwrap_or_default();
+            write_atomic(&out.join("alphas.json"), text.as_bytes())?;
+            checkpoint::save_search_epoch::<B, _, _, _, _>(
+                out,
+                epoch + 1,
+                &net,
+                &w_optim,
+                &a_optim,
+                &metrics,
+            )?;
+        }
+        if abort_after == Some(epoch + 1) && abort_rank.is_none_or(|k| k == par.rank()) {
             // Test hook: simulate a kill right after a checkpoint.
             std::process::abort();
         }
     }
     let current = derive_pair(&net, &guard)?;
     let genotype = compose_genotype(&frozen, &current, stages);
+    par.finish::<B>()?;
     Ok(SearchSummary {
         metrics,
         genotype,

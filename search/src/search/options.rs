@@ -6,6 +6,7 @@ use crate::budget::{BudgetSpec, SramOracle};
 use crate::data::{DataOptions, DatasetKind};
 use crate::error::Constraint::{AtLeastOne, OpenUnit, Positive};
 use crate::error::{require, Setting, TrainError};
+use crate::parallel::Workers;
 use crate::supernet::SupernetConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -109,6 +110,8 @@ pub struct SearchOptions {
     pub budget: Option<BudgetSpec>,
     /// The microcontroller plan's arena, needed by an SRAM budget (also on resume).
     pub sram_oracle: Option<SramOracle>,
+    /// Data-parallel steps (`None`: one worker, one shard).
+    pub workers: Option<Workers>,
 }
 
 /// `config.json` of a search run.
