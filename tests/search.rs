@@ -5,6 +5,9 @@
 #[path = "search/budget.rs"]
 mod budget;
 mod common;
+/// Data-parallel search (worker processes, several machines, a killed worker).
+#[path = "search/parallel.rs"]
+mod parallel;
 
 use std::path::Path;
 use std::process::Command;

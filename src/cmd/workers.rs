@@ -132,8 +132,10 @@ impl WorkerArgs {
             let mut cmd = Command::new(&exe);
             cmd.args(&args)
                 .args(["--worker-rank", &rank.to_string()])
-                .args(["--worker-port", &free_port()?.to_string()])
-                .args(["--coordinator", &coordinator]);
+                .args(["--worker-port", &free_port()?.to_string()]);
+            if self.coordinator.is_none() {
+                cmd.args(["--coordinator", &coordinator]);
+            }
             if rank != 0 {
                 cmd.stdout(Stdio::null());
             }

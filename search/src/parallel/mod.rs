@@ -106,6 +106,7 @@ impl Parallel {
         cluster: &Cluster,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
+        quiet_logs();
         if count < 2 || rank >= count {
             return Err(TrainError::Parallel(format!(
                 "worker {rank} of {count}: needs 2 or more workers and a rank below their count"
@@ -252,6 +253,12 @@ impl Parallel {
         Ok(t.into_data().iter::<f64>().collect())
     }
 
+    /// Returns when every worker has called it (after an epoch's checkpoint: a worker
+    /// that stops after it leaves a checkpoint that has been written).
+    pub fn barrier<B: AutodiffBackend>(&self, device: &B::Device) -> Result<(), TrainError> {
+        self.sum_values::<B>(&[1.0], device).map(|_| ())
+    }
+
     fn all_sum<B: Backend>(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>, TrainError> {
         let out = all_reduce::<B>(
             PeerId::from(self.rank),
@@ -281,12 +288,23 @@ impl Parallel {
 /// Runs the orchestrator the workers register with, on `port` of every interface, until
 /// the process ends (`splitnas coordinator`, or a thread of the `--devices` launcher).
 pub fn run_coordinator(port: u16) -> Result<(), TrainError> {
+    quiet_logs();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| TrainError::Parallel(format!("coordinator: {e}")))?;
     runtime.block_on(burn_collective::start_global_orchestrator(port));
     Ok(())
+}
+
+/// Warnings and errors of the collective's websocket services on stderr, not their
+/// per-transfer info lines (their server installs an info-level logger unless the process
+/// has one).
+fn quiet_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// One parameter's place in the flat gradient.

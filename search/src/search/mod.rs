@@ -543,6 +543,7 @@ pub fn search_on<B: AutodiffBackend>(
                 &metrics,
             )?;
         }
+        par.barrier::<B>(device)?;
         if abort_after == Some(epoch + 1) && abort_rank.is_none_or(|k| k == par.rank()) {
             // Test hook: simulate a kill right after a checkpoint.
             std::process::abort();
