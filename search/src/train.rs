@@ -17,6 +17,7 @@ use crate::device::{seeded, DeviceKind};
 use crate::error::Constraint::{AtLeastOne, HalfOpenUnit, Positive};
 pub use crate::error::TrainError;
 use crate::error::{require, Setting};
+use crate::parallel::{Parallel, Workers};
 use crate::steps::{
     argmax_correct, batch_tensors, clip_grad_norm, cosine_lr, cross_entropy, epoch_seed,
     progress_bar, scalar,
@@ -26,6 +27,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -108,6 +110,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Show a progress bar when stderr is a terminal.
     pub progress: bool,
+    /// Data-parallel steps (`None`: one worker, one shard).
+    pub workers: Option<Workers>,
 }
 
 /// `config.json`: everything needed to rebuild and use the trained network.
@@ -266,6 +270,11 @@ pub fn train_on<B: AutodiffBackend>(
 ) -> Result<TrainSummary, TrainError> {
     let _turn = crate::exclusive_run();
     let out = &opts.out;
+    // with several workers, rank 0 writes the run's files; the others only compute
+    let writer = match &opts.workers {
+        Some(Workers::Join { rank, .. }) => *rank == 0,
+        _ => true,
+    };
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TrainError::Io {
@@ -301,14 +310,21 @@ pub fn train_on<B: AutodiffBackend>(
         (None, false) => {
             let data = data::load(opts.dataset, &opts.data)?;
             let cfg = fresh_config(opts, &data)?;
-            std::fs::create_dir_all(out).map_err(io(out))?;
-            let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
-            write_atomic(&out.join("config.json"), text.as_bytes())?;
+            if writer {
+                std::fs::create_dir_all(out).map_err(io(out))?;
+                let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+                write_atomic(&out.join("config.json"), text.as_bytes())?;
+            }
             (cfg, data)
         }
     };
     let r = cfg.recipe.clone();
 
+    // every worker joins before the first step (and starts from the same seeded weights)
+    let par = match &opts.workers {
+        Some(w) => w.start::<B>(device)?,
+        None => Parallel::single(),
+    };
     let mut model: Network<B> = seeded(
         device,
         r.seed,
@@ -353,9 +369,12 @@ pub fn train_on<B: AutodiffBackend>(
 
     let augment = Augment::standard(dataset.kind, dataset.train.side, r.cutout);
     let steps = dataset.train.len().div_ceil(r.batch_size);
-    let abort_after: Option<usize> = std::env::var("SPLITNAS_ABORT_AFTER_EPOCH")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let env = |name: &str| -> Option<usize> { std::env::var(name).ok()?.parse().ok() };
+    // test hooks: a kill after an epoch's checkpoint (of one worker when a rank is given)
+    let (abort_after, abort_rank) = (
+        env("SPLITNAS_ABORT_AFTER_EPOCH"),
+        env("SPLITNAS_ABORT_WORKER"),
+    );
     for epoch in start_epoch..r.epochs {
         let t0 = Instant::now();
         let lr = cosine_lr(r.lr, epoch, r.epochs);
@@ -371,7 +390,7 @@ pub fn train_on<B: AutodiffBackend>(
         );
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for (b, idx) in order.chunks(r.batch_size).enumerate() {
-            let (x, y) = batch_tensors::<B>(
+            let batch = batch_tensors::<B>(
                 &dataset.train,
                 idx,
                 (&cfg.mean, &cfg.std),
@@ -379,33 +398,33 @@ pub fn train_on<B: AutodiffBackend>(
                 &mut rng,
                 device,
             );
-            let (logits, aux) = model.forward_train(x, drop_prob);
-            let main = cross_entropy(logits.clone(), y.clone());
-            let loss = match aux {
-                Some(a) => main
-                    .clone()
-                    .add(cross_entropy(a, y).mul_scalar(r.auxiliary_weight)),
-                None => main.clone(),
+            let labels: Vec<usize> = idx.iter().map(|&i| dataset.train.labels[i]).collect();
+            let Some(now) = train_step(
+                &par,
+                &mut model,
+                &mut optim,
+                (lr, drop_prob, &r),
+                &batch,
+                &labels,
+                epoch_seed(epoch_seed(r.seed, epoch), b),
+                (cfg.network.classes, device),
+            )?
+            else {
+                continue;
             };
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            let main_v = scalar(main.inner());
-            if !main_v.is_finite() {
+            if !now.0.is_finite() {
                 bar.abandon();
                 return Err(TrainError::NonFinite {
-                    value: main_v,
+                    value: (now.0 / now.2.max(1) as f64) as f32,
                     epoch: epoch + 1,
                     batch: b + 1,
                     last_good: epoch,
                     dir: out.clone(),
                 });
             }
-            clip_grad_norm(&model, &mut grads, r.grad_clip);
-            model = optim.step(lr, model, grads);
-            let l: Vec<f32> = logits.inner().into_data().iter::<f32>().collect();
-            let labels: Vec<usize> = idx.iter().map(|&i| dataset.train.labels[i]).collect();
-            correct += argmax_correct(&l, &labels, cfg.network.classes);
-            loss_sum += main_v as f64 * idx.len() as f64;
-            seen += idx.len();
+            loss_sum += now.0;
+            correct += now.1;
+            seen += now.2;
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.4} acc {:.3}",
@@ -414,7 +433,11 @@ pub fn train_on<B: AutodiffBackend>(
             ));
         }
         bar.finish_and_clear();
-        let (test_loss, test_acc) = evaluate(&model.valid(), &dataset.test, &cfg, device);
+        let (test_loss, test_acc) = if writer {
+            evaluate(&model.valid(), &dataset.test, &cfg, device)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -429,17 +452,77 @@ pub fn train_on<B: AutodiffBackend>(
             m.epoch, r.epochs, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.lr, m.seconds
         );
         metrics.push(m);
-        checkpoint::save_epoch::<B, _, _, _>(out, epoch + 1, &model, &optim, &metrics)?;
-        if abort_after == Some(epoch + 1) {
+        if writer {
+            checkpoint::save_epoch::<B, _, _, _>(out, epoch + 1, &model, &optim, &metrics)?;
+        }
+        par.barrier::<B>(device)?;
+        if abort_after == Some(epoch + 1) && abort_rank.is_none_or(|k| k == par.rank()) {
             // Test hook: simulate a kill right after a checkpoint.
             std::process::abort();
         }
     }
+    par.finish::<B>()?;
     Ok(TrainSummary {
         metrics,
         parameters,
         out: out.clone(),
     })
+}
+
+/// One training step over the shards of `par` (see [`crate::parallel`]): each local
+/// shard's loss (with the auxiliary head's) and gradient, their mean over every shard,
+/// clipped, one SGD step. Returns the summed cross-entropy, correct count and images of
+/// every shard, `None` when the batch has fewer images than shards; a non-finite loss
+/// returns without stepping. With several shards, Burn's random draws (drop-path) are
+/// seeded per shard from `step_seed`, as in [`Parallel::accumulating`].
+#[allow(clippy::too_many_arguments)]
+fn train_step<B: AutodiffBackend, O: Optimizer<Network<B>, B>>(
+    par: &Parallel,
+    model: &mut Network<B>,
+    optim: &mut O,
+    (lr, drop_prob, r): (f64, f64, &TrainRecipe),
+    batch: &(Tensor<B, 4>, Tensor<B, 1, Int>),
+    labels: &[usize],
+    step_seed: u64,
+    (classes, device): (usize, &B::Device),
+) -> Result<Option<(f64, usize, usize)>, TrainError> {
+    let Some(rows): Option<Vec<_>> = par.local().map(|s| par.rows(labels.len(), s)).collect()
+    else {
+        return Ok(None);
+    };
+    let mut per = Vec::with_capacity(rows.len());
+    let mut extras = Vec::with_capacity(rows.len());
+    for (s, rows) in par.local().zip(&rows) {
+        if par.count() > 1 {
+            B::seed(device, Parallel::shard_seed(step_seed, s));
+        }
+        let (x, y) = Parallel::shard(batch, rows);
+        let (logits, aux) = model.forward_train(x, drop_prob);
+        let main = cross_entropy(logits.clone(), y.clone());
+        let loss = match aux {
+            Some(a) => main
+                .clone()
+                .add(cross_entropy(a, y).mul_scalar(r.auxiliary_weight)),
+            None => main.clone(),
+        };
+        per.push(GradientsParams::from_grads(loss.backward(), model));
+        let l: Vec<f32> = logits.inner().into_data().iter::<f32>().collect();
+        let correct = argmax_correct(&l, &labels[rows.clone()], classes);
+        let main_v = scalar(main.inner()) as f64;
+        extras.push(vec![
+            main_v * rows.len() as f64,
+            correct as f64,
+            rows.len() as f64,
+        ]);
+    }
+    let (mut grads, sums) = par.mean_with(&*model, per, &extras)?;
+    let seen = (sums[0], sums[1].round() as usize, sums[2].round() as usize);
+    if !seen.0.is_finite() {
+        return Ok(Some(seen));
+    }
+    clip_grad_norm(&*model, &mut grads, r.grad_clip);
+    *model = optim.step(lr, model.clone(), grads);
+    Ok(Some(seen))
 }
 
 /// Reads `DIR/config.json`.

@@ -224,6 +224,7 @@ pub fn run(q: QuickstartArgs) -> Result<()> {
             out: out.join("train"),
             resume: false,
             progress: true,
+            workers: None,
         },
     )
     .map_err(errors::train)

@@ -2,6 +2,7 @@
 
 use super::args::{DataArgs, DeviceArg, RunDirArgs, SeedArg};
 use super::errors;
+use super::workers::WorkerArgs;
 use anyhow::Result;
 use clap::Args;
 use splitnas_search::data::DataOptions;
@@ -51,9 +52,15 @@ pub struct TrainArgs {
     device: DeviceArg,
     #[command(flatten)]
     run_dir: RunDirArgs,
+    #[command(flatten)]
+    workers: WorkerArgs,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    if a.workers.launches() {
+        return a.workers.launch(a.device.device);
+    }
+    let workers = a.workers.workers()?;
     let seed = a.seed.seed;
     let opts = TrainOptions {
         genotype: a.genotype,
@@ -80,6 +87,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         out: a.run_dir.out,
         resume: a.run_dir.resume,
         progress: true,
+        workers,
     };
     let s = train(a.device.open()?, &opts).map_err(errors::train)?;
     if let Some(m) = s.metrics.last() {

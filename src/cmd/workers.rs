@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Flags of a data-parallel search.
+/// Flags of a data-parallel search or training.
 #[derive(Args, Clone, Debug, Default)]
 pub struct WorkerArgs {
     /// Worker processes on this machine, one per device (cuda: one GPU each; cpu: the

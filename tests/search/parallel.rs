@@ -1,10 +1,56 @@
-//! Data-parallel search: two worker processes (burn-collective's global mode on
+//! Data-parallel search and training: two worker processes (burn-collective's global mode on
 //! localhost) step like one process that computes the two shards of every batch in turn
 //! and averages their gradients (`--accumulate 2`, the reference); a killed worker stops
 //! the run naming itself and `--resume` completes it; the several-machine flags with a
 //! separate `splitnas coordinator`; bad flags.
 
 use super::{records, splitnas};
+
+/// Data-parallel training: 2 workers against `--accumulate 2`, with drop-path and the
+/// auxiliary head (Burn's random draws seeded per shard), same checks as the search.
+#[test]
+fn two_training_workers_step_like_one_process_averaging_two_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--genotype",
+            "DARTS_V2",
+            "--dataset",
+            "fashion-mnist",
+            "--channels",
+            "4",
+            "--layers",
+            "3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--train-limit",
+            "256",
+            "--test-limit",
+            "64",
+            "--drop-path",
+            "0.2",
+            "--auxiliary",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args, &[]);
+    };
+    let (reference, parallel) = (dir.path().join("acc"), dir.path().join("dev"));
+    train(&reference, &["--accumulate", "2"]);
+    train(&parallel, &["--devices", "2"]);
+    same_run(
+        &reference,
+        &parallel,
+        "metrics.jsonl",
+        2,
+        &["model", "optim"],
+        RUNNING,
+    );
+}
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -48,37 +94,65 @@ fn file(dir: &Path, name: &str) -> Vec<u8> {
 /// not the step's).
 const RUNNING: &[&str] = &["running_mean", "running_var"];
 
-/// Both runs' architecture weights and network weights are the same (but `skip`). Golden: the
-/// accumulating run. Tolerance: none. With 2 workers the all-reduce adds the two shard
+/// Both runs' architecture weights and network weights are the same (but `skip`). Golden:
+/// the accumulating run. Tolerance: none. With 2 workers the all-reduce adds the two shard
 /// gradients once, as the accumulating process does (f32 addition is commutative), then
-/// both divide by 2, so every step is bit-identical: alphas.json byte for byte, and the
-/// last checkpoint's weight and optimizer records value for value (all but their ids). Training
-/// accuracies come from the same counts, losses from the same sums. (Validation figures differ: evaluation uses
-/// BatchNorm running statistics, worker 0's shard only with 2 workers.)
+/// both divide by 2, so every step is bit-identical: alphas.json byte for byte, the last
+/// checkpoint's weight and optimizer records value for value (all but their ids), the
+/// training accuracies from the same counts and the losses from the same sums (within
+/// 1e-6: the workers' sums cross the all-reduce as f32). Validation figures differ:
+/// evaluation uses BatchNorm running statistics, worker 0's shards only with 2 workers.
 fn same_search(reference: &Path, parallel: &Path, skip: &[&str]) {
-    let (a, b) = (records(reference), records(parallel));
-    assert_eq!(a.len(), b.len());
+    same_run(
+        reference,
+        parallel,
+        "search.jsonl",
+        3,
+        &["model", "optim", "arch-optim"],
+        skip,
+    );
+    assert_eq!(
+        file(reference, "alphas.json"),
+        file(parallel, "alphas.json")
+    );
+}
+
+/// [`same_search`] for any run: the `jsonl` records and the `files` of the checkpoint of
+/// epoch `last`.
+fn same_run(
+    reference: &Path,
+    parallel: &Path,
+    jsonl: &str,
+    last: usize,
+    files: &[&str],
+    skip: &[&str],
+) {
+    let lines = |dir: &Path| -> Vec<serde_json::Value> {
+        String::from_utf8(file(dir, jsonl))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (a, b) = (lines(reference), lines(parallel));
+    assert_eq!((a.len(), b.len()), (last, last));
     for (x, y) in a.iter().zip(&b) {
         for key in ["train_acc", "genotype"] {
             assert_eq!(x[key], y[key], "{key} of epoch {}", x["epoch"]);
         }
-        // the workers' loss sums cross the all-reduce as f32: 1e-6 relative
         let (l, m) = (
             x["train_loss"].as_f64().unwrap(),
             y["train_loss"].as_f64().unwrap(),
         );
         assert!((l - m).abs() <= 1e-6 * l, "train_loss {l} vs {m}");
     }
-    assert_eq!(
-        file(reference, "alphas.json"),
-        file(parallel, "alphas.json")
-    );
-    let read = |dir: &Path, name: &str| file(dir, &format!("checkpoint/epoch-0003-{name}.mpk"));
+    let read =
+        |dir: &Path, name: &str| file(dir, &format!("checkpoint/epoch-{last:04}-{name}.mpk"));
     let (ids_r, ids_p) = (
         ids(&read(reference, "model")),
         ids(&read(parallel, "model")),
     );
-    for name in ["model", "optim", "arch-optim"] {
+    for name in files {
         assert!(
             record(&read(reference, name), &ids_r, skip)
                 == record(&read(parallel, name), &ids_p, skip),

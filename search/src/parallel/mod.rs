@@ -17,7 +17,7 @@ use crate::error::TrainError;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
 use burn_collective::{
     all_reduce, finish_collective, register, AllReduceStrategy, CollectiveConfig, PeerId,
     ReduceOperation,
@@ -167,6 +167,27 @@ impl Parallel {
         let (base, extra) = (n / self.count, n % self.count);
         let start = s * base + s.min(extra);
         Some(start..start + base + usize::from(s < extra))
+    }
+
+    /// Shard `rows` of a batch (the batch itself when it is all of it).
+    pub fn shard<B: Backend>(
+        batch: &(Tensor<B, 4>, Tensor<B, 1, Int>),
+        rows: &Range<usize>,
+    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+        if rows.start == 0 && rows.end == batch.1.dims()[0] {
+            batch.clone()
+        } else {
+            (
+                batch.0.clone().slice([rows.clone()]),
+                batch.1.clone().slice([rows.clone()]),
+            )
+        }
+    }
+
+    /// The seed of shard `s`'s random draws (channel selection, drop-path) in a step whose
+    /// seed is `step_seed`: the same in [`Self::accumulating`] and on the workers.
+    pub fn shard_seed(step_seed: u64, s: usize) -> u64 {
+        step_seed ^ (s as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
     }
 
     /// The mean over all `count` shards of the gradients of `module`'s parameters, given

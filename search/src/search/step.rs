@@ -60,21 +60,10 @@ where
     let Some(rows): Option<Vec<_>> = par.local().map(|s| par.rows(n, s)).collect() else {
         return Ok((net, None));
     };
-    let shard = |b: &Batch<B>, r: &std::ops::Range<usize>| -> Batch<B> {
-        if r.len() == n {
-            b.clone()
-        } else {
-            (
-                b.0.clone().slice([r.clone()]),
-                b.1.clone().slice([r.clone()]),
-            )
-        }
-    };
+    let shard = Parallel::shard::<B>;
     let mut rngs: Vec<StdRng> = par
         .local()
-        .map(|s| {
-            StdRng::seed_from_u64(shard_seed ^ (s as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407))
-        })
+        .map(|s| StdRng::seed_from_u64(Parallel::shard_seed(shard_seed, s)))
         .collect();
     let single = par.count() == 1;
     let r = set.recipe;
