@@ -201,7 +201,7 @@ fn wait_all(mut children: Vec<(usize, Child)>) -> Result<()> {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            bail!("data-parallel: worker {rank} stopped ({why}); the other workers were stopped. The last checkpoint is kept: the same command with --resume continues");
+            bail!("data-parallel: worker {rank} stopped ({why}; its error is above); the other workers were stopped. A run that wrote a checkpoint continues with the same command and --resume");
         }
         if running == 0 {
             return Ok(());
