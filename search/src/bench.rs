@@ -151,6 +151,9 @@ pub struct SearchBench {
     pub steps: usize,
     /// Seed.
     pub seed: u64,
+    /// Data-parallel steps (`None`: one process, one shard): each worker times the
+    /// iterations on its shard of every batch, the all-reduce included.
+    pub workers: Option<crate::parallel::Workers>,
 }
 
 /// Times full search iterations (architecture step, then weight step) on synthetic data.
@@ -175,11 +178,16 @@ fn bench_search_on<B: AutodiffBackend>(
     device: &B::Device,
     o: &SearchBench,
 ) -> Result<BenchResult, TrainError> {
-    use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Order};
+    use crate::parallel::Parallel;
+    use crate::search::step::{iteration, Settings};
     use crate::supernet::Supernet;
     use burn::optim::AdamConfig;
     let _turn = crate::exclusive_run();
     let s = &o.supernet;
+    let par = match &o.workers {
+        Some(w) => w.start::<B>(device)?,
+        None => Parallel::single(),
+    };
     let mut net: Supernet<B> = seeded(
         device,
         o.seed,
@@ -218,29 +226,40 @@ fn bench_search_on<B: AutodiffBackend>(
     };
     let train = batch(0..n);
     let valid = batch(n..2 * n);
+    let labels: Vec<usize> = set.labels[..n].to_vec();
     let mut sel_rng = StdRng::seed_from_u64(o.seed);
-    let lr = SearchRecipe::darts_lr(n);
+    let r = SearchRecipe {
+        order: o.order,
+        ..r
+    };
+    let settings = Settings {
+        recipe: &r,
+        lr: SearchRecipe::darts_lr(n),
+        search_arch: true,
+        guard: &None,
+        classes: s.classes,
+    };
     let mut times = vec![];
     for step in 0..=o.steps {
         let t0 = Instant::now();
-        let (grads, _) = match o.order {
-            Order::First => arch_grads_first(&net, valid.clone(), &mut sel_rng),
-            Order::Second => arch_grads_second(
-                &net,
-                &w_optim,
-                lr,
-                train.clone(),
-                valid.clone(),
-                &mut sel_rng,
-            ),
-        };
-        net = a_optim.step(r.arch_lr, net, grads);
-        let (mut grads, _, _) = weight_grads(&net, train.clone(), &mut sel_rng);
-        clip_grad_norm(&net.weights, &mut grads, r.grad_clip); // reads the norm back: synchronizes
-        net = w_optim.step(lr, net, grads);
+        // the step reads the loss sums back (and clips on the norm): synchronizes
+        let (stepped, _) = iteration(
+            &par,
+            &settings,
+            net,
+            &mut w_optim,
+            &mut a_optim,
+            train.clone(),
+            Some(valid.clone()),
+            &labels,
+            &mut sel_rng,
+            o.seed ^ step as u64,
+        )?;
+        net = stepped;
         if step > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    par.finish::<B>()?;
     Ok(BenchResult::from_times(times, n))
 }

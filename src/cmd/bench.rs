@@ -36,6 +36,10 @@ pub struct SearchStepArgs {
     seed: SeedArg,
     #[command(flatten)]
     device: DeviceArg,
+    /// Data-parallel iterations: `--devices N` worker processes each time their shard of
+    /// every batch, the gradient all-reduce included (docs/parallel.md).
+    #[command(flatten)]
+    workers: super::workers::WorkerArgs,
 }
 
 #[derive(Args)]
@@ -63,6 +67,10 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 }
 
 fn search_step(a: SearchStepArgs) -> Result<()> {
+    if a.workers.launches() {
+        return a.workers.launch(a.device.device);
+    }
+    let workers = a.workers.workers()?;
     let s = a.size;
     let o = SearchBench {
         supernet: a.method.apply(
@@ -76,6 +84,7 @@ fn search_step(a: SearchStepArgs) -> Result<()> {
         batch_size: s.batch_size,
         steps: a.steps,
         seed: a.seed.seed,
+        workers,
     };
     print_bench(&bench_search(a.device.open()?, &o).map_err(errors::train)?);
     Ok(())

@@ -13,7 +13,7 @@
 
 mod metrics;
 mod options;
-mod step;
+pub(crate) mod step;
 
 pub use metrics::{AlphasFile, Entropy, EpochWeights, SearchMetrics};
 

@@ -2,11 +2,11 @@
 //! a [`Parallel`] step: each local shard's gradient, the mean over all shards, one
 //! optimizer step on it. With one shard it is the plain DARTS iteration.
 
-use super::SearchRecipe;
 use crate::architect::{arch_grads_first, arch_grads_second, weight_grads, Batch, Order};
 use crate::budget::Guard;
 use crate::error::TrainError;
 use crate::parallel::Parallel;
+use crate::search::SearchRecipe;
 use crate::steps::{argmax_correct, clip_grad_norm, scalar};
 use crate::supernet::Supernet;
 use burn::optim::Optimizer;
@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 /// What the weight step saw, summed over every shard of every worker.
-pub(super) struct Seen {
+pub(crate) struct Seen {
     /// Sum over images of the cross-entropy.
     pub loss_sum: f64,
     /// Images classified right.
@@ -25,7 +25,7 @@ pub(super) struct Seen {
 }
 
 /// The step's inputs that do not change within an epoch.
-pub(super) struct Settings<'a, B: AutodiffBackend> {
+pub(crate) struct Settings<'a, B: AutodiffBackend> {
     pub recipe: &'a SearchRecipe,
     pub lr: f64,
     pub search_arch: bool,
@@ -39,7 +39,7 @@ pub(super) struct Settings<'a, B: AutodiffBackend> {
 /// shard; with several shards each draws from its own stream seeded by `shard_seed`, so
 /// that a worker's shard sees what it would see in [`Parallel::accumulating`].
 #[allow(clippy::too_many_arguments)]
-pub(super) fn iteration<B, OW, OA>(
+pub(crate) fn iteration<B, OW, OA>(
     par: &Parallel,
     set: &Settings<'_, B>,
     mut net: Supernet<B>,
