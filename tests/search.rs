@@ -516,6 +516,38 @@ fn search_step_benchmark_prints_its_figures() {
         .parse()
         .unwrap();
     assert!((median - times[1]).abs() < 1e-4, "{median} vs {times:?}");
+    // Two workers: worker 0 prints the same lines once (its shard's steps, all-reduce
+    // included), for the whole batch's images.
+    let (ok, stdout, stderr) = splitnas(
+        &[
+            "bench",
+            "search-step",
+            "--channels",
+            "4",
+            "--layers",
+            "3",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "16",
+            "--steps",
+            "3",
+            "--devices",
+            "2",
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("step_s="))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let each = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("steps_s="))
+        .unwrap_or_default();
+    assert_eq!(each.split(',').count(), 3, "{stdout}");
     // Bad sizes name their flag.
     for (flags, needle) in [
         (
