@@ -476,25 +476,29 @@ fn bad_search_flags_are_rejected_with_clear_messages() {
     assert!(stderr.contains("no checkpoint.json"), "{stderr}");
 }
 
+/// `bench search-step` of a tiny supernet (C=4 L=3, batch 4, 16x16), 3 timed steps.
+fn tiny_search_step(extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "bench",
+        "search-step",
+        "--channels",
+        "4",
+        "--layers",
+        "3",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "16",
+        "--steps",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    splitnas(&args, &[])
+}
+
 #[test]
 fn search_step_benchmark_prints_its_figures() {
-    let (ok, stdout, stderr) = splitnas(
-        &[
-            "bench",
-            "search-step",
-            "--channels",
-            "4",
-            "--layers",
-            "3",
-            "--batch-size",
-            "4",
-            "--image-size",
-            "16",
-            "--steps",
-            "3",
-        ],
-        &[],
-    );
+    let (ok, stdout, stderr) = tiny_search_step(&[]);
     assert!(ok, "{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
@@ -518,25 +522,7 @@ fn search_step_benchmark_prints_its_figures() {
     assert!((median - times[1]).abs() < 1e-4, "{median} vs {times:?}");
     // Two workers: worker 0 prints the same lines once (its shard's steps, all-reduce
     // included), for the whole batch's images.
-    let (ok, stdout, stderr) = splitnas(
-        &[
-            "bench",
-            "search-step",
-            "--channels",
-            "4",
-            "--layers",
-            "3",
-            "--batch-size",
-            "4",
-            "--image-size",
-            "16",
-            "--steps",
-            "3",
-            "--devices",
-            "2",
-        ],
-        &[],
-    );
+    let (ok, stdout, stderr) = tiny_search_step(&["--devices", "2"]);
     assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout
         .lines()

@@ -35,6 +35,18 @@ fn values<const D: usize>(g: &GradientsParams, id: ParamId) -> Vec<f32> {
         .collect()
 }
 
+/// The gradients of `id` in `per`, added with Burn's tensor ops, divided by their count.
+fn hand_mean<const D: usize>(per: &[GradientsParams], id: ParamId) -> Vec<f32> {
+    per.iter()
+        .map(|g| g.get::<Flex, D>(id).unwrap())
+        .reduce(|a, b| a.add(b))
+        .unwrap()
+        .div_scalar(per.len() as f64)
+        .into_data()
+        .iter::<f32>()
+        .collect()
+}
+
 #[test]
 fn the_mean_of_shard_gradients_is_taken_parameter_by_parameter() {
     let _lock = crate::backward_lock();
@@ -48,24 +60,7 @@ fn the_mean_of_shard_gradients_is_taken_parameter_by_parameter() {
     let per: Vec<GradientsParams> = shards.iter().map(|x| grads_of(&lin, x)).collect();
     let (w, b) = (lin.weight.id, lin.bias.as_ref().unwrap().id);
     // expected: each parameter's gradients added with Burn's tensor ops, divided by 3
-    let hand_w: Vec<f32> = per
-        .iter()
-        .map(|g| g.get::<Flex, 2>(w).unwrap())
-        .reduce(|a, b| a.add(b))
-        .unwrap()
-        .div_scalar(3.0)
-        .into_data()
-        .iter::<f32>()
-        .collect();
-    let hand_b: Vec<f32> = per
-        .iter()
-        .map(|g| g.get::<Flex, 1>(b).unwrap())
-        .reduce(|a, b| a.add(b))
-        .unwrap()
-        .div_scalar(3.0)
-        .into_data()
-        .iter::<f32>()
-        .collect();
+    let (hand_w, hand_b) = (hand_mean::<2>(&per, w), hand_mean::<1>(&per, b));
     let mean = Parallel::accumulating(3).mean(&lin, per).unwrap();
     // the same f32 additions in the same order: equal to rounding (1e-6 relative)
     for (got, want) in [
